@@ -1,0 +1,14 @@
+//! prhelper: a drop-in replacement for QEMU's `qemu-pr-helper`.
+//!
+//! Layers, from the bottom:
+//! - [`scsi`] and [`proto`]: SCSI encoding and the wire protocol. Pure code, no I/O.
+//! - [`sys`]: the only module with `unsafe`: SG_IO, fd passing, fork.
+//! - [`dev`]: device access behind the [`dev::Backend`] trait.
+//! - [`daemon`]: listener, sessions, privileges, signals: glue on top.
+//! - [`client`]: a client library that speaks the protocol the way QEMU does.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod proto;
+pub mod scsi;
+pub mod sys;

@@ -1,0 +1,252 @@
+//! PERSISTENT RESERVE IN / OUT command descriptor blocks (SPC-4 6.15, 6.16).
+
+use super::{PERSISTENT_RESERVE_IN, PERSISTENT_RESERVE_OUT};
+
+/// PERSISTENT RESERVE IN service actions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PrInAction {
+    ReadKeys = 0x00,
+    ReadReservation = 0x01,
+    ReportCapabilities = 0x02,
+    ReadFullStatus = 0x03,
+}
+
+impl PrInAction {
+    pub const ALL: [PrInAction; 4] = [
+        PrInAction::ReadKeys,
+        PrInAction::ReadReservation,
+        PrInAction::ReportCapabilities,
+        PrInAction::ReadFullStatus,
+    ];
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| *a as u8 == code)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PrInAction::ReadKeys => "read keys",
+            PrInAction::ReadReservation => "read reservation",
+            PrInAction::ReportCapabilities => "report capabilities",
+            PrInAction::ReadFullStatus => "read full status",
+        }
+    }
+}
+
+/// PERSISTENT RESERVE OUT service actions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PrOutAction {
+    Register = 0x00,
+    Reserve = 0x01,
+    Release = 0x02,
+    Clear = 0x03,
+    Preempt = 0x04,
+    PreemptAndAbort = 0x05,
+    RegisterAndIgnore = 0x06,
+    RegisterAndMove = 0x07,
+    ReplaceLostReservation = 0x08,
+}
+
+impl PrOutAction {
+    pub const ALL: [PrOutAction; 9] = [
+        PrOutAction::Register,
+        PrOutAction::Reserve,
+        PrOutAction::Release,
+        PrOutAction::Clear,
+        PrOutAction::Preempt,
+        PrOutAction::PreemptAndAbort,
+        PrOutAction::RegisterAndIgnore,
+        PrOutAction::RegisterAndMove,
+        PrOutAction::ReplaceLostReservation,
+    ];
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| *a as u8 == code)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PrOutAction::Register => "register",
+            PrOutAction::Reserve => "reserve",
+            PrOutAction::Release => "release",
+            PrOutAction::Clear => "clear",
+            PrOutAction::Preempt => "preempt",
+            PrOutAction::PreemptAndAbort => "preempt and abort",
+            PrOutAction::RegisterAndIgnore => "register and ignore existing key",
+            PrOutAction::RegisterAndMove => "register and move",
+            PrOutAction::ReplaceLostReservation => "replace lost reservation",
+        }
+    }
+}
+
+/// Persistent reservation types (SPC-4 table 212).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PrType {
+    WriteExclusive = 0x1,
+    ExclusiveAccess = 0x3,
+    WriteExclusiveRegistrantsOnly = 0x5,
+    ExclusiveAccessRegistrantsOnly = 0x6,
+    WriteExclusiveAllRegistrants = 0x7,
+    ExclusiveAccessAllRegistrants = 0x8,
+}
+
+impl PrType {
+    pub const ALL: [PrType; 6] = [
+        PrType::WriteExclusive,
+        PrType::ExclusiveAccess,
+        PrType::WriteExclusiveRegistrantsOnly,
+        PrType::ExclusiveAccessRegistrantsOnly,
+        PrType::WriteExclusiveAllRegistrants,
+        PrType::ExclusiveAccessAllRegistrants,
+    ];
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| *t as u8 == code)
+    }
+
+    /// The name sg_persist prints for this type.
+    pub fn name(self) -> &'static str {
+        match self {
+            PrType::WriteExclusive => "Write Exclusive",
+            PrType::ExclusiveAccess => "Exclusive Access",
+            PrType::WriteExclusiveRegistrantsOnly => "Write Exclusive, registrants only",
+            PrType::ExclusiveAccessRegistrantsOnly => "Exclusive Access, registrants only",
+            PrType::WriteExclusiveAllRegistrants => "Write Exclusive, all registrants",
+            PrType::ExclusiveAccessAllRegistrants => "Exclusive Access, all registrants",
+        }
+    }
+}
+
+/// Name of a raw type code, including the obsolete and reserved ones.
+pub fn pr_type_name(code: u8) -> &'static str {
+    match PrType::from_code(code) {
+        Some(t) => t.name(),
+        None => match code {
+            0x0 => "obsolete [0]",
+            0x2 => "obsolete [2]",
+            0x4 => "obsolete [4]",
+            _ => "reserved",
+        },
+    }
+}
+
+/// The only scope SPC-4 still defines: LU_SCOPE (0).
+pub const LU_SCOPE: u8 = 0;
+
+/// Build a 10-byte PERSISTENT RESERVE IN CDB.
+pub fn pr_in(action: PrInAction, allocation_length: u16) -> [u8; 10] {
+    let mut cdb = [0u8; 10];
+    cdb[0] = PERSISTENT_RESERVE_IN;
+    cdb[1] = action as u8;
+    cdb[7..9].copy_from_slice(&allocation_length.to_be_bytes());
+    cdb
+}
+
+/// Build a 10-byte PERSISTENT RESERVE OUT CDB. `parameter_list_length` fills bytes 5..9
+/// (SPC-4), whose low 16 bits are what QEMU and the helper use.
+pub fn pr_out(action: PrOutAction, scope: u8, pr_type: u8, parameter_list_length: u32) -> [u8; 10] {
+    let mut cdb = [0u8; 10];
+    cdb[0] = PERSISTENT_RESERVE_OUT;
+    cdb[1] = action as u8;
+    cdb[2] = ((scope & 0x0f) << 4) | (pr_type & 0x0f);
+    cdb[5..9].copy_from_slice(&parameter_list_length.to_be_bytes());
+    cdb
+}
+
+/// The fields of a PR IN/OUT CDB that the helper logs and routes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CdbSummary {
+    pub opcode: u8,
+    /// Service action: CDB byte 1, low 5 bits.
+    pub service_action: u8,
+    /// PR OUT only: scope (CDB byte 2, high nibble).
+    pub scope: u8,
+    /// PR OUT only: type (CDB byte 2, low nibble).
+    pub pr_type: u8,
+    /// Transfer length as QEMU computes it for group-2 opcodes: big-endian CDB bytes 7..9.
+    pub transfer_length: u16,
+}
+
+impl CdbSummary {
+    pub fn parse(cdb: &[u8; 16]) -> Self {
+        CdbSummary {
+            opcode: cdb[0],
+            service_action: cdb[1] & 0x1f,
+            scope: cdb[2] >> 4,
+            pr_type: cdb[2] & 0x0f,
+            transfer_length: u16::from_be_bytes([cdb[7], cdb[8]]),
+        }
+    }
+
+    /// Service action name, or "unknown".
+    pub fn action_name(&self) -> &'static str {
+        match self.opcode {
+            PERSISTENT_RESERVE_IN => PrInAction::from_code(self.service_action).map_or("unknown", |a| a.name()),
+            PERSISTENT_RESERVE_OUT => PrOutAction::from_code(self.service_action).map_or("unknown", |a| a.name()),
+            _ => "not a PR command",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pr_in_cdb_bytes() {
+        assert_eq!(
+            pr_in(PrInAction::ReadFullStatus, 0x1234),
+            [0x5e, 0x03, 0, 0, 0, 0, 0, 0x12, 0x34, 0]
+        );
+        assert_eq!(pr_in(PrInAction::ReadKeys, 8), [0x5e, 0, 0, 0, 0, 0, 0, 0, 8, 0]);
+    }
+
+    #[test]
+    fn pr_out_cdb_bytes() {
+        assert_eq!(
+            pr_out(PrOutAction::Reserve, LU_SCOPE, PrType::ExclusiveAccess as u8, 24),
+            [0x5f, 0x01, 0x03, 0, 0, 0, 0, 0, 24, 0]
+        );
+        assert_eq!(
+            pr_out(PrOutAction::RegisterAndMove, 0x2, 0x8, 0x0102_0304),
+            [0x5f, 0x07, 0x28, 0, 0, 0x01, 0x02, 0x03, 0x04, 0]
+        );
+    }
+
+    #[test]
+    fn summary_parses_fields() {
+        let mut cdb = [0u8; 16];
+        cdb[..10].copy_from_slice(&pr_out(PrOutAction::Preempt, 0, 5, 0x2018));
+        let s = CdbSummary::parse(&cdb);
+        assert_eq!(s.opcode, 0x5f);
+        assert_eq!(s.service_action, 4);
+        assert_eq!(s.pr_type, 5);
+        assert_eq!(s.scope, 0);
+        assert_eq!(s.transfer_length, 0x2018);
+        assert_eq!(s.action_name(), "preempt");
+        // The high service-action bits are not part of the action.
+        cdb[1] = 0xe3;
+        assert_eq!(CdbSummary::parse(&cdb).service_action, 3);
+    }
+
+    #[test]
+    fn codes_round_trip() {
+        for a in PrInAction::ALL {
+            assert_eq!(PrInAction::from_code(a as u8), Some(a));
+        }
+        for a in PrOutAction::ALL {
+            assert_eq!(PrOutAction::from_code(a as u8), Some(a));
+        }
+        for t in PrType::ALL {
+            assert_eq!(PrType::from_code(t as u8), Some(t));
+        }
+        assert_eq!(PrInAction::from_code(4), None);
+        assert_eq!(PrOutAction::from_code(9), None);
+        assert_eq!(PrType::from_code(2), None);
+        assert_eq!(pr_type_name(2), "obsolete [2]");
+        assert_eq!(pr_type_name(9), "reserved");
+    }
+}

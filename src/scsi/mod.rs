@@ -1,0 +1,57 @@
+//! SCSI definitions used by the helper: status codes, persistent reservation CDBs and
+//! sense data. Pure code: no I/O, no `unsafe`.
+
+pub mod cdb;
+pub mod sense;
+
+/// SCSI status byte (SAM-5).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Status(pub u8);
+
+impl Status {
+    pub const GOOD: Status = Status(0x00);
+    pub const CHECK_CONDITION: Status = Status(0x02);
+    pub const CONDITION_MET: Status = Status(0x04);
+    pub const BUSY: Status = Status(0x08);
+    pub const RESERVATION_CONFLICT: Status = Status(0x18);
+    pub const TASK_SET_FULL: Status = Status(0x28);
+    pub const ACA_ACTIVE: Status = Status(0x30);
+    pub const TASK_ABORTED: Status = Status(0x40);
+
+    /// Human-readable name, as sg3_utils prints it.
+    pub fn name(self) -> &'static str {
+        match self.0 {
+            0x00 => "Good",
+            0x02 => "Check Condition",
+            0x04 => "Condition Met",
+            0x08 => "Busy",
+            0x10 => "Intermediate",
+            0x14 => "Intermediate-Condition Met",
+            0x18 => "Reservation Conflict",
+            0x22 => "Command Terminated",
+            0x28 => "Task Set Full",
+            0x30 => "ACA Active",
+            0x40 => "Task Aborted",
+            _ => "Unknown status",
+        }
+    }
+}
+
+impl std::fmt::Debug for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#04x} ({})", self.0, self.name())
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// PERSISTENT RESERVE IN operation code.
+pub const PERSISTENT_RESERVE_IN: u8 = 0x5e;
+/// PERSISTENT RESERVE OUT operation code.
+pub const PERSISTENT_RESERVE_OUT: u8 = 0x5f;
+/// TEST UNIT READY operation code.
+pub const TEST_UNIT_READY: u8 = 0x00;
