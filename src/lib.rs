@@ -9,6 +9,8 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod daemon;
+pub mod dev;
 pub mod proto;
 pub mod scsi;
 pub mod sys;

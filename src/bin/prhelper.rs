@@ -1,1 +1,5 @@
-fn main() {}
+//! `prhelper`: the daemon. See `prhelper --help` and the README.
+
+fn main() {
+    std::process::exit(prhelper::daemon::main());
+}

@@ -118,10 +118,16 @@ pub struct Verdict {
 
 impl Verdict {
     const fn check(code: SenseCode) -> Verdict {
-        Verdict { status: Status::CHECK_CONDITION, sense: Some(code) }
+        Verdict {
+            status: Status::CHECK_CONDITION,
+            sense: Some(code),
+        }
     }
     const fn plain(status: Status) -> Verdict {
-        Verdict { status, sense: None }
+        Verdict {
+            status,
+            sense: None,
+        }
     }
 }
 
@@ -222,13 +228,21 @@ pub fn decode(bytes: &[u8]) -> Option<Decoded> {
             let key = *bytes.get(2)? & 0x0f;
             let asc = bytes.get(12).copied().unwrap_or(0);
             let ascq = bytes.get(13).copied().unwrap_or(0);
-            Some(Decoded { code: SenseCode { key, asc, ascq }, deferred: b0 == 0x71, descriptor: false })
+            Some(Decoded {
+                code: SenseCode { key, asc, ascq },
+                deferred: b0 == 0x71,
+                descriptor: false,
+            })
         }
         0x72 | 0x73 => {
             let key = *bytes.get(1)? & 0x0f;
             let asc = bytes.get(2).copied().unwrap_or(0);
             let ascq = bytes.get(3).copied().unwrap_or(0);
-            Some(Decoded { code: SenseCode { key, asc, ascq }, deferred: b0 == 0x73, descriptor: true })
+            Some(Decoded {
+                code: SenseCode { key, asc, ascq },
+                deferred: b0 == 0x73,
+                descriptor: true,
+            })
         }
         _ => None,
     }
@@ -316,18 +330,58 @@ mod tests {
             (0, Status::GOOD, None),
             (libc::EDOM, Status::TASK_SET_FULL, None),
             (libc::EBADE, Status::RESERVATION_CONFLICT, None),
-            (libc::ENODEV, Status::CHECK_CONDITION, Some(SenseCode::TARGET_FAILURE)),
-            (libc::EREMOTEIO, Status::CHECK_CONDITION, Some(SenseCode::TARGET_FAILURE)),
-            (libc::ENOMEM, Status::CHECK_CONDITION, Some(SenseCode::TARGET_FAILURE)),
-            (libc::ENODATA, Status::CHECK_CONDITION, Some(SenseCode::READ_ERROR)),
-            (libc::ENOMEDIUM, Status::CHECK_CONDITION, Some(SenseCode::NO_MEDIUM)),
-            (libc::EINVAL, Status::CHECK_CONDITION, Some(SenseCode::INVALID_FIELD)),
-            (libc::ENOSPC, Status::CHECK_CONDITION, Some(SenseCode::SPACE_ALLOC_FAILED)),
-            (libc::ENOTTY, Status::CHECK_CONDITION, Some(SenseCode::IO_ERROR)),
-            (libc::EPERM, Status::CHECK_CONDITION, Some(SenseCode::IO_ERROR)),
+            (
+                libc::ENODEV,
+                Status::CHECK_CONDITION,
+                Some(SenseCode::TARGET_FAILURE),
+            ),
+            (
+                libc::EREMOTEIO,
+                Status::CHECK_CONDITION,
+                Some(SenseCode::TARGET_FAILURE),
+            ),
+            (
+                libc::ENOMEM,
+                Status::CHECK_CONDITION,
+                Some(SenseCode::TARGET_FAILURE),
+            ),
+            (
+                libc::ENODATA,
+                Status::CHECK_CONDITION,
+                Some(SenseCode::READ_ERROR),
+            ),
+            (
+                libc::ENOMEDIUM,
+                Status::CHECK_CONDITION,
+                Some(SenseCode::NO_MEDIUM),
+            ),
+            (
+                libc::EINVAL,
+                Status::CHECK_CONDITION,
+                Some(SenseCode::INVALID_FIELD),
+            ),
+            (
+                libc::ENOSPC,
+                Status::CHECK_CONDITION,
+                Some(SenseCode::SPACE_ALLOC_FAILED),
+            ),
+            (
+                libc::ENOTTY,
+                Status::CHECK_CONDITION,
+                Some(SenseCode::IO_ERROR),
+            ),
+            (
+                libc::EPERM,
+                Status::CHECK_CONDITION,
+                Some(SenseCode::IO_ERROR),
+            ),
         ];
         for &(errno, status, sense) in cases {
-            assert_eq!(from_errno(errno), Verdict { status, sense }, "errno {errno}");
+            assert_eq!(
+                from_errno(errno),
+                Verdict { status, sense },
+                "errno {errno}"
+            );
         }
     }
 
@@ -343,8 +397,14 @@ mod tests {
         check(host::TARGET_FAILURE, SenseCode::TARGET_FAILURE);
         check(host::ALLOC_FAILURE, SenseCode::SPACE_ALLOC_FAILED);
         check(host::MEDIUM_ERROR, SenseCode::READ_ERROR);
-        assert_eq!(from_host_status(host::BUS_BUSY), Verdict::plain(Status::BUSY));
-        assert_eq!(from_host_status(host::NEXUS_FAILURE), Verdict::plain(Status::RESERVATION_CONFLICT));
+        assert_eq!(
+            from_host_status(host::BUS_BUSY),
+            Verdict::plain(Status::BUSY)
+        );
+        assert_eq!(
+            from_host_status(host::NEXUS_FAILURE),
+            Verdict::plain(Status::RESERVATION_CONFLICT)
+        );
     }
 
     #[test]
@@ -355,7 +415,10 @@ mod tests {
         check_busy(host::SOFT_ERROR);
         check_busy(host::IMM_RETRY);
         check_busy(host::REQUEUE);
-        assert_eq!(from_host_status(host::ERROR), Verdict::check(SenseCode::LUN_COMM_FAILURE));
+        assert_eq!(
+            from_host_status(host::ERROR),
+            Verdict::check(SenseCode::LUN_COMM_FAILURE)
+        );
         fn check_busy(h: u16) {
             assert_eq!(from_host_status(h), Verdict::plain(Status::BUSY));
         }
@@ -364,33 +427,72 @@ mod tests {
     #[test]
     fn interpret_precedence() {
         // errno wins over everything.
-        let o = SgOutcome { errno: Some(libc::ENOTTY), status: 0x18, host_status: 7, driver_status: 6 };
+        let o = SgOutcome {
+            errno: Some(libc::ENOTTY),
+            status: 0x18,
+            host_status: 7,
+            driver_status: 6,
+        };
         assert_eq!(interpret(&o), Verdict::check(SenseCode::IO_ERROR));
         // then host status
-        let o = SgOutcome { errno: None, status: 0x00, host_status: host::TRANSPORT_DISRUPTED, driver_status: 0 };
+        let o = SgOutcome {
+            errno: None,
+            status: 0x00,
+            host_status: host::TRANSPORT_DISRUPTED,
+            driver_status: 0,
+        };
         assert_eq!(interpret(&o), Verdict::check(SenseCode::I_T_NEXUS_LOSS));
         // then driver timeout
-        let o = SgOutcome { errno: None, status: 0x02, host_status: 0, driver_status: 0x06 };
+        let o = SgOutcome {
+            errno: None,
+            status: 0x02,
+            host_status: 0,
+            driver_status: 0x06,
+        };
         assert_eq!(interpret(&o), Verdict::plain(Status::BUSY));
         // DRIVER_SENSE alone does not count as a timeout.
-        let o = SgOutcome { errno: None, status: 0x02, host_status: 0, driver_status: 0x08 };
+        let o = SgOutcome {
+            errno: None,
+            status: 0x02,
+            host_status: 0,
+            driver_status: 0x08,
+        };
         assert_eq!(interpret(&o), Verdict::plain(Status::CHECK_CONDITION));
-        let o = SgOutcome { errno: None, status: 0x18, host_status: 0, driver_status: 0 };
+        let o = SgOutcome {
+            errno: None,
+            status: 0x18,
+            host_status: 0,
+            driver_status: 0,
+        };
         assert_eq!(interpret(&o), Verdict::plain(Status::RESERVATION_CONFLICT));
     }
 
     #[test]
     fn decode_formats() {
-        let fixed = Sense::fixed(SenseCode { key: 6, asc: 0x2a, ascq: 0x05 });
+        let fixed = Sense::fixed(SenseCode {
+            key: 6,
+            asc: 0x2a,
+            ascq: 0x05,
+        });
         let d = decode(&fixed.0).unwrap();
-        assert_eq!(d.code, SenseCode { key: 6, asc: 0x2a, ascq: 5 });
+        assert_eq!(
+            d.code,
+            SenseCode {
+                key: 6,
+                asc: 0x2a,
+                ascq: 5
+            }
+        );
         assert!(!d.descriptor);
-        assert_eq!(d.to_string(), "Unit Attention: Registrations preempted (asc=0x2a, ascq=0x05)");
+        assert_eq!(
+            d.to_string(),
+            "Unit Attention: Registrations preempted (asc=0x2a, ascq=0x05)"
+        );
         let desc = [0x72, 0x05, 0x24, 0x00, 0, 0, 0, 0];
         let d = decode(&desc).unwrap();
         assert!(d.descriptor);
         assert_eq!(d.code, SenseCode::INVALID_FIELD);
-        assert_eq!(decode(&[0x71, 0, 0x03]).unwrap().deferred, true);
+        assert!(decode(&[0x71, 0, 0x03]).unwrap().deferred);
         assert_eq!(decode(&[]), None);
         assert_eq!(decode(&[0x70]), None);
         assert_eq!(decode(&[0x00; 18]), None);

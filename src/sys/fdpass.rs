@@ -19,7 +19,11 @@ pub struct Received {
 /// Read up to `buf.len()` bytes, collecting any SCM_RIGHTS fds. Room is made for two fds,
 /// which is enough to tell "one" from "too many"; if more arrive the kernel closes the
 /// excess and `truncated` is set. With `nonblocking`, `WouldBlock` means no data yet.
-pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], nonblocking: bool) -> io::Result<Received> {
+pub fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    nonblocking: bool,
+) -> io::Result<Received> {
     // Control buffer with room for two fds, aligned for cmsghdr.
     const FDS: usize = 2;
     #[repr(C, align(8))]
@@ -28,7 +32,10 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], nonblocking: bool) ->
     // SAFETY: CMSG_SPACE only computes a size.
     let space = unsafe { libc::CMSG_SPACE((FDS * std::mem::size_of::<RawFd>()) as u32) } as usize;
     debug_assert!(space <= cmsg.0.len());
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
     // SAFETY: msghdr is plain data; all-zero is a valid initial value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
@@ -62,7 +69,8 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], nonblocking: bool) ->
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
                 let data = libc::CMSG_DATA(c);
                 let header = data.offset_from(c.cast::<u8>()) as usize;
-                let n = ((*c).cmsg_len as usize).saturating_sub(header) / std::mem::size_of::<RawFd>();
+                let n =
+                    ((*c).cmsg_len as usize).saturating_sub(header) / std::mem::size_of::<RawFd>();
                 for i in 0..n {
                     let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
                     // The kernel installed this fd for us and nothing else owns it.
@@ -72,12 +80,21 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], nonblocking: bool) ->
             c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
-    Ok(Received { len, fds, truncated: msg.msg_flags & libc::MSG_CTRUNC != 0 })
+    Ok(Received {
+        len,
+        fds,
+        truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+    })
 }
 
 /// Send `data` with `fds` attached to its first byte. Returns the number of bytes sent
 /// (the fds go with the first call only, as QEMU does).
-pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>], nonblocking: bool) -> io::Result<usize> {
+pub fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    data: &[u8],
+    fds: &[BorrowedFd<'_>],
+    nonblocking: bool,
+) -> io::Result<usize> {
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let cmsgs = [ControlMessage::ScmRights(&raw)];
     let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &cmsgs };
@@ -87,6 +104,19 @@ pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>], 
     }
     loop {
         match sendmsg::<()>(sock.as_raw_fd(), &[IoSlice::new(data)], cmsgs, flags, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => return Ok(r?),
+        }
+    }
+}
+
+/// One non-blocking `sendmsg` of several buffers (no fds). Returns the bytes sent, which
+/// may be fewer than the total.
+pub fn send_parts<const N: usize>(sock: BorrowedFd<'_>, parts: [&[u8]; N]) -> io::Result<usize> {
+    let iov = parts.map(IoSlice::new);
+    let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+    loop {
+        match sendmsg::<()>(sock.as_raw_fd(), &iov, &[], flags, None) {
             Err(nix::errno::Errno::EINTR) => continue,
             r => return Ok(r?),
         }
@@ -114,7 +144,10 @@ mod tests {
     fn fd_round_trip() {
         let (a, b) = UnixStream::pair().unwrap();
         let file = std::fs::File::open("/dev/null").unwrap();
-        assert_eq!(send_with_fds(a.as_fd(), b"hello", &[file.as_fd()], false).unwrap(), 5);
+        assert_eq!(
+            send_with_fds(a.as_fd(), b"hello", &[file.as_fd()], false).unwrap(),
+            5
+        );
         let mut buf = [0u8; 16];
         let r = recv_with_fds(b.as_fd(), &mut buf, false).unwrap();
         assert_eq!(r.len, 5);
@@ -126,14 +159,15 @@ mod tests {
     #[test]
     fn excess_fds_are_flagged_not_leaked() {
         let (a, b) = UnixStream::pair().unwrap();
-        let files: Vec<_> = (0..5).map(|_| std::fs::File::open("/dev/null").unwrap()).collect();
+        let files: Vec<_> = (0..5)
+            .map(|_| std::fs::File::open("/dev/null").unwrap())
+            .collect();
         let fds: Vec<_> = files.iter().map(|f| f.as_fd()).collect();
         send_with_fds(a.as_fd(), b"x", &fds, false).unwrap();
         let mut buf = [0u8; 1];
         let r = recv_with_fds(b.as_fd(), &mut buf, false).unwrap();
         assert!(r.truncated);
         assert_eq!(r.fds.len(), 2);
-
     }
 
     #[test]

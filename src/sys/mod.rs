@@ -2,5 +2,5 @@
 //! over Unix sockets, and fork. Everything above this module is safe code.
 
 pub mod fdpass;
-pub mod sgio;
 pub mod process;
+pub mod sgio;

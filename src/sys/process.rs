@@ -19,11 +19,11 @@ pub fn fork_single_threaded() -> std::io::Result<Forked> {
     }
 }
 
-/// Take ownership of an fd inherited from the parent (socket activation).
-///
-/// # Safety
-/// `fd` must be open and owned by nobody else in this process.
-pub unsafe fn adopt_fd(fd: RawFd) -> OwnedFd {
-    // SAFETY: guaranteed by the caller.
-    unsafe { OwnedFd::from_raw_fd(fd) }
+/// Take ownership of a file descriptor that systemd passed with `LISTEN_FDS` (after
+/// `LISTEN_PID` matched this process). Fails if the fd is not open.
+pub fn adopt_activation_fd(fd: RawFd) -> std::io::Result<OwnedFd> {
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)?;
+    // SAFETY: the fd is open (checked above) and was handed to this process by its
+    // service manager for it to own; it is adopted once, during single-threaded start-up.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

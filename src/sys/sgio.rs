@@ -66,7 +66,13 @@ pub fn cdb_len(opcode: u8) -> usize {
 
 /// Run one SCSI command through SG_IO. `cdb` is at most 16 bytes; `sense` receives the
 /// device's sense data, if any. Never panics; ioctl failures come back as `errno`.
-pub fn sg_io(fd: BorrowedFd<'_>, cdb: &[u8], data: Data<'_>, sense: &mut [u8; 96], timeout_ms: u32) -> SgResult {
+pub fn sg_io(
+    fd: BorrowedFd<'_>,
+    cdb: &[u8],
+    data: Data<'_>,
+    sense: &mut [u8; 96],
+    timeout_ms: u32,
+) -> SgResult {
     let cmd_len = cdb_len(cdb[0]).min(cdb.len());
     let (dir, ptr, len) = match data {
         Data::None => (SG_DXFER_NONE, std::ptr::null_mut(), 0),
@@ -102,8 +108,16 @@ pub fn sg_io(fd: BorrowedFd<'_>, cdb: &[u8], data: Data<'_>, sense: &mut [u8; 96
     // bytes) that outlive this synchronous call; the kernel writes only within them.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), SG_IO as _, &mut hdr as *mut SgIoHdr) };
     if rc < 0 {
-        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
-        return SgResult { outcome: SgOutcome { errno: Some(errno), ..Default::default() }, ..Default::default() };
+        let errno = std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
+        return SgResult {
+            outcome: SgOutcome {
+                errno: Some(errno),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
     }
     let resid = usize::try_from(hdr.resid).unwrap_or(0);
     SgResult {
@@ -138,7 +152,13 @@ mod tests {
         let f = std::fs::File::open("/dev/null").unwrap();
         let mut sense = [0u8; 96];
         let mut buf = [0u8; 8];
-        let r = sg_io(f.as_fd(), &[0x5e, 0, 0, 0, 0, 0, 0, 0, 8, 0], Data::FromDevice(&mut buf), &mut sense, 1000);
+        let r = sg_io(
+            f.as_fd(),
+            &[0x5e, 0, 0, 0, 0, 0, 0, 0, 8, 0],
+            Data::FromDevice(&mut buf),
+            &mut sense,
+            1000,
+        );
         assert_eq!(r.outcome.errno, Some(libc::ENOTTY));
         assert_eq!(r.transferred, 0);
     }

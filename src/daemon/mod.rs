@@ -1,0 +1,294 @@
+//! The daemon: start-up order, daemonizing, signals, and the server's life cycle.
+//!
+//! Start-up, all on one thread: signals → socket activation check → resolve -u/-g →
+//! (fork, with -d) → pid file → listening socket → RLIMIT_NOFILE → privilege drop →
+//! worker threads → readiness (sd_notify READY=1; the -d parent exits 0).
+
+pub mod cli;
+pub mod handler;
+pub mod listen;
+pub mod logging;
+pub mod pidfile;
+pub mod privs;
+pub mod server;
+
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use tracing::{error, info, warn};
+
+use crate::dev::SgIo;
+use crate::sys::process::{fork_single_threaded, Forked};
+use cli::Args;
+
+/// Everything that can stop the daemon from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Listen(#[from] listen::ListenError),
+    #[error(transparent)]
+    Pidfile(#[from] pidfile::PidfileError),
+    #[error(transparent)]
+    Privileges(#[from] privs::PrivError),
+    #[error("{what}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> StartError {
+    move |source| StartError::Io { what, source }
+}
+
+/// Print to stderr, ignoring failures (stderr may be a closed pipe).
+fn print_err(msg: &str) {
+    let _ = writeln!(io::stderr(), "prhelper: {msg}");
+}
+
+/// Format an error with its chain of causes.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// The `prhelper` program. Returns the process exit status.
+pub fn main() -> i32 {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 1 } else { 0 };
+        }
+    };
+    if let Err(m) = args.validate() {
+        print_err(&m);
+        return 1;
+    }
+    let (filter, ignored) = logging::filter(args.verbose, args.quiet, &args.trace);
+
+    // With -d, the parent waits until the child accepts connections (or failed), so that
+    // the socket exists when `prhelper -d` returns, and start-up errors reach the caller.
+    let mut ready_pipe = None;
+    if args.daemon {
+        let (mut rd, wr) = match UnixStream::pair() {
+            Ok(p) => p,
+            Err(e) => {
+                print_err(&format!("cannot daemonize: {e}"));
+                return 1;
+            }
+        };
+        match fork_single_threaded() {
+            Err(e) => {
+                print_err(&format!("cannot daemonize: {e}"));
+                return 1;
+            }
+            Ok(Forked::Parent { .. }) => {
+                drop(wr);
+                let mut msg = String::new();
+                let _ = rd.read_to_string(&mut msg);
+                return match msg.strip_prefix("OK") {
+                    Some(_) => 0,
+                    None if msg.is_empty() => {
+                        print_err("daemon exited during start-up");
+                        1
+                    }
+                    None => {
+                        print_err(&msg);
+                        1
+                    }
+                };
+            }
+            Ok(Forked::Child) => {
+                drop(rd);
+                let _ = nix::unistd::setsid();
+                let _ = std::env::set_current_dir("/");
+                ready_pipe = Some(wr);
+            }
+        }
+    }
+    logging::init(filter, args.daemon);
+    for part in ignored {
+        warn!("-T {part}: not supported, ignored");
+    }
+
+    match start(&args, ready_pipe) {
+        Ok(()) => 0,
+        Err((e, pipe)) => {
+            let msg = chain(&e);
+            error!("{msg}");
+            match pipe {
+                Some(mut p) => {
+                    let _ = p.write_all(msg.as_bytes());
+                }
+                None => {
+                    // When logging to stderr the error is already there.
+                    if args.daemon {
+                        print_err(&msg);
+                    }
+                }
+            }
+            1
+        }
+    }
+}
+
+type Failed = (StartError, Option<UnixStream>);
+
+fn start(args: &Args, ready_pipe: Option<UnixStream>) -> Result<(), Failed> {
+    let pipe = std::cell::RefCell::new(ready_pipe);
+    let fail = |e: StartError| (e, pipe.borrow_mut().take());
+
+    // Signals: a pipe the server watches. SIGPIPE is already ignored by the Rust runtime.
+    let (sig_rd, sig_wr) = UnixStream::pair()
+        .map_err(io_err("cannot create signal pipe"))
+        .map_err(fail)?;
+    for sig in [
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ] {
+        let w = sig_wr
+            .try_clone()
+            .map_err(io_err("cannot create signal pipe"))
+            .map_err(fail)?;
+        signal_hook::low_level::pipe::register(sig, w)
+            .map_err(io_err("cannot install signal handler"))
+            .map_err(fail)?;
+    }
+
+    let activated = listen::from_activation().map_err(|e| fail(e.into()))?;
+    if activated.is_some() && args.socket.is_some() {
+        return Err(fail(StartError::Usage(
+            "Unix socket can't be set when using socket activation".into(),
+        )));
+    }
+    let identity =
+        privs::resolve(args.user.as_deref(), args.group.as_deref()).map_err(|e| fail(e.into()))?;
+
+    let pidfile_path = match (&args.pidfile, args.daemon) {
+        (Some(p), _) => Some(p.clone()),
+        (None, true) => Some(PathBuf::from(cli::DEFAULT_PIDFILE)),
+        (None, false) => None,
+    };
+    let _pidfile = match &pidfile_path {
+        Some(p) => Some(pidfile::write(p).map_err(|e| fail(e.into()))?),
+        None => None,
+    };
+
+    let (listener, created) = match activated {
+        Some(l) => (l, None),
+        None => {
+            let path = args
+                .socket
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(cli::DEFAULT_SOCKET));
+            let (l, c) = listen::bind_path(&path).map_err(|e| fail(e.into()))?;
+            (l, Some(c))
+        }
+    };
+    // From here on, a failed start removes the socket it created.
+    let guard = SocketGuard(created);
+    raise_nofile_limit();
+
+    privs::drop_privileges(identity, &privs::kept(false)).map_err(|e| fail(e.into()))?;
+
+    let backend = Box::new(SgIo {
+        timeout_ms: args.sg_timeout * 1000,
+    });
+    let cfg = server::Config {
+        max_threads: args.max_threads as usize,
+        shutdown_grace: Duration::from_secs(args.shutdown_timeout),
+        ..Default::default()
+    };
+    let where_ = guard.0.as_ref().map_or_else(
+        || "socket-activated socket".to_string(),
+        |c| c.path().display().to_string(),
+    );
+    let created = guard.disarm();
+    let hook: server::StopHook = Box::new(move || {
+        if let Some(c) = created {
+            c.remove();
+        }
+    });
+    let server = server::Server::start(listener, sig_rd, backend, cfg, hook)
+        .map_err(io_err("cannot start worker threads"))
+        .map_err(fail)?;
+    drop(sig_wr);
+
+    info!("listening on {where_}");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    if let Some(mut p) = pipe.borrow_mut().take() {
+        let _ = p.write_all(b"OK");
+        drop(p);
+        detach_stdio();
+    }
+
+    let abandoned = server.wait();
+    if abandoned > 0 {
+        warn!("exiting with {abandoned} command(s) still waiting on their devices");
+    }
+    info!(
+        "stopped after {} command(s)",
+        server
+            .stats()
+            .commands
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+/// Removes a created socket if start-up fails after creating it.
+struct SocketGuard(Option<listen::CreatedSocket>);
+
+impl SocketGuard {
+    fn disarm(mut self) -> Option<listen::CreatedSocket> {
+        self.0.take()
+    }
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        if let Some(c) = &self.0 {
+            c.remove();
+        }
+    }
+}
+
+/// Each connection holds a socket fd: let the soft limit go up to the hard one.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                warn!("cannot raise the open file limit to {hard}: {e}");
+            }
+        }
+    }
+}
+
+/// Point stdin, stdout and stderr at /dev/null (daemon mode, after readiness).
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
+        }
+    }
+}

@@ -1,0 +1,634 @@
+//! The connection server: a leader/followers thread pool around one epoll set.
+//!
+//! Every worker waits in `epoll_wait` on the same epoll fd; every source is registered
+//! with `EPOLLONESHOT`, so the kernel hands each readiness event to exactly one worker,
+//! which then owns that connection until it re-arms it. The worker that receives a
+//! request reads it, runs the SG_IO and writes the reply itself: no hand-off between
+//! threads on the request path. Idle connections cost no thread (about 150 bytes of heap
+//! each). A worker stuck on a hung device is one fewer spare: when the last spare wakes
+//! up, it starts another worker first (up to `max_threads`), so other clients are still
+//! served.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use tracing::{debug, error, info, warn};
+
+use super::handler;
+use crate::dev::Backend;
+use crate::proto::wire::{MAX_DATA, SUPPORTED_FEATURES};
+use crate::proto::{Conn, ProtoError, Reply, Request, RequestKind};
+use crate::scsi::cdb::CdbSummary;
+use crate::sys::fdpass;
+
+const LISTENER: u64 = 0;
+const SIGNALS: u64 = 1;
+const FIRST_SESSION: u64 = 2;
+
+/// Tunables.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Upper bound on worker threads (each stuck command holds one).
+    pub max_threads: usize,
+    /// Workers kept waiting when there is nothing to do.
+    pub min_spare: usize,
+    /// How long to wait for in-flight commands after a stop signal.
+    pub shutdown_grace: Duration,
+    /// Stack size of worker threads.
+    pub stack_size: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_threads: 512,
+            min_spare: 2,
+            shutdown_grace: Duration::from_secs(5),
+            stack_size: 256 * 1024,
+        }
+    }
+}
+
+/// Called when the daemon is asked to stop (remove the socket file, ...).
+pub type StopHook = Box<dyn FnOnce() + Send>;
+
+/// A client's identity, from SO_PEERCRED.
+#[derive(Clone, Copy, Debug)]
+struct Peer {
+    pid: i32,
+    uid: u32,
+}
+
+/// A reply that did not fit in the socket buffer.
+struct Pending {
+    bytes: Box<[u8]>,
+    sent: usize,
+}
+
+struct Session {
+    stream: UnixStream,
+    conn: Conn<OwnedFd>,
+    peer: Option<Peer>,
+    pending: Option<Pending>,
+}
+
+enum Slot {
+    Free,
+    /// A worker holds the session.
+    Busy,
+    Idle(Box<Session>),
+}
+
+#[derive(Default)]
+struct Slab {
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    live: usize,
+}
+
+impl Slab {
+    fn insert_busy(&mut self) -> usize {
+        self.live += 1;
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Slot::Busy;
+                i
+            }
+            None => {
+                self.slots.push(Slot::Busy);
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    fn take(&mut self, i: usize) -> Option<Box<Session>> {
+        match std::mem::replace(self.slots.get_mut(i)?, Slot::Busy) {
+            Slot::Idle(s) => Some(s),
+            other => {
+                self.slots[i] = other;
+                None
+            }
+        }
+    }
+
+    fn release(&mut self, i: usize) {
+        self.slots[i] = Slot::Free;
+        self.free.push(i);
+        self.live -= 1;
+    }
+}
+
+/// Counters the daemon exposes (also used by tests).
+#[derive(Default)]
+pub struct Stats {
+    pub threads: AtomicUsize,
+    pub idle: AtomicUsize,
+    /// Workers currently processing a connection, plus replies still being flushed.
+    pub busy: AtomicUsize,
+    pub commands: AtomicUsize,
+}
+
+struct Shared {
+    epoll: Epoll,
+    listener: Mutex<Option<UnixListener>>,
+    signals: UnixStream,
+    sessions: Mutex<Slab>,
+    backend: Box<dyn Backend>,
+    cfg: Config,
+    stats: Stats,
+    stopping: AtomicBool,
+    stop_hook: Mutex<Option<StopHook>>,
+    stopped: (Mutex<bool>, Condvar),
+}
+
+/// A running server.
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+enum Next {
+    /// Re-arm for these events and give the session back.
+    Rearm(EpollFlags),
+    Close,
+}
+
+impl Server {
+    /// Start serving `listener` (already listening). `signals` becomes readable when the
+    /// daemon must stop. Workers are started here; call after privileges are dropped.
+    pub fn start(
+        listener: UnixListener,
+        signals: UnixStream,
+        backend: Box<dyn Backend>,
+        cfg: Config,
+        stop_hook: StopHook,
+    ) -> io::Result<Server> {
+        listener.set_nonblocking(true)?;
+        signals.set_nonblocking(true)?;
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        epoll.add(
+            &listener,
+            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT, LISTENER),
+        )?;
+        epoll.add(
+            &signals,
+            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT, SIGNALS),
+        )?;
+        let shared = Arc::new(Shared {
+            epoll,
+            listener: Mutex::new(Some(listener)),
+            signals,
+            sessions: Mutex::new(Slab::default()),
+            backend,
+            cfg,
+            stats: Stats::default(),
+            stopping: AtomicBool::new(false),
+            stop_hook: Mutex::new(Some(stop_hook)),
+            stopped: (Mutex::new(false), Condvar::new()),
+        });
+        for _ in 0..shared.cfg.min_spare.max(1) {
+            spawn_worker(&shared)?;
+        }
+        Ok(Server { shared })
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// Block until a stop is requested, then wait (bounded) for in-flight commands.
+    /// Returns the number of commands abandoned because they did not finish in time.
+    pub fn wait(&self) -> usize {
+        let (lock, cvar) = &self.shared.stopped;
+        let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while !*stopped {
+            stopped = cvar.wait(stopped).unwrap_or_else(|e| e.into_inner());
+        }
+        drop(stopped);
+        let deadline = Instant::now() + self.shared.cfg.shutdown_grace;
+        loop {
+            let busy = self.shared.stats.busy.load(Ordering::SeqCst);
+            if busy == 0 {
+                return 0;
+            }
+            if Instant::now() >= deadline {
+                return busy;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+fn spawn_worker(shared: &Arc<Shared>) -> io::Result<()> {
+    shared.stats.threads.fetch_add(1, Ordering::SeqCst);
+    let s = Arc::clone(shared);
+    let r = std::thread::Builder::new()
+        .name("prhelper-worker".into())
+        .stack_size(shared.cfg.stack_size)
+        .spawn(move || worker(s));
+    if let Err(e) = r {
+        shared.stats.threads.fetch_sub(1, Ordering::SeqCst);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Per-worker buffers.
+struct Scratch {
+    read: Box<[u8]>,
+    data: Box<[u8]>,
+}
+
+fn worker(shared: Arc<Shared>) {
+    let mut scratch = Scratch {
+        read: vec![0; MAX_DATA].into_boxed_slice(),
+        data: vec![0; MAX_DATA].into_boxed_slice(),
+    };
+    let mut events = [EpollEvent::empty(); 1];
+    let stats = &shared.stats;
+    loop {
+        stats.idle.fetch_add(1, Ordering::SeqCst);
+        let r = shared.epoll.wait(
+            &mut events,
+            EpollTimeout::try_from(10_000).unwrap_or(EpollTimeout::NONE),
+        );
+        let idle = stats.idle.fetch_sub(1, Ordering::SeqCst) - 1;
+        let n = match r {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                error!("epoll_wait failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        if n == 0 {
+            // Nothing for 10 s: retire if there are more spares than needed.
+            if idle >= shared.cfg.min_spare && retire(stats, shared.cfg.min_spare) {
+                return;
+            }
+            continue;
+        }
+        // This worker was the last one waiting: start another before doing anything that
+        // may block, so the event loop is never left unattended.
+        if idle == 0 && stats.threads.load(Ordering::SeqCst) < shared.cfg.max_threads {
+            if let Err(e) = spawn_worker(&shared) {
+                warn!("cannot start another worker thread: {e}");
+            }
+        }
+        match events[0].data() {
+            LISTENER => accept_all(&shared),
+            SIGNALS => request_stop(&shared),
+            token => serve(&shared, (token - FIRST_SESSION) as usize, &mut scratch),
+        }
+        // Too many spares (a burst is over): this one goes.
+        if stats.idle.load(Ordering::SeqCst) > shared.cfg.min_spare * 4 + 4
+            && retire(stats, shared.cfg.min_spare)
+        {
+            return;
+        }
+    }
+}
+
+/// Leave the pool unless that would drop below `min` threads.
+fn retire(stats: &Stats, min: usize) -> bool {
+    stats
+        .threads
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
+            (t > min.max(1)).then(|| t - 1)
+        })
+        .is_ok()
+}
+
+fn accept_all(shared: &Arc<Shared>) {
+    let guard = shared.listener.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(listener) = guard.as_ref() else {
+        return;
+    };
+    let mut backoff = false;
+    for _ in 0..256 {
+        match listener.accept() {
+            Ok((stream, _)) => add_session(shared, stream),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EPROTO)) => {
+                continue
+            }
+            Err(e) => {
+                // EMFILE/ENFILE/ENOBUFS/ENOMEM: the pending connection stays queued.
+                // Pause instead of spinning on a listener that stays readable.
+                rate_limited_warn(&format!("accept failed: {e}; retrying in 100 ms"));
+                backoff = true;
+                break;
+            }
+        }
+    }
+    if backoff {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if !shared.stopping.load(Ordering::SeqCst) {
+        let mut ev = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT, LISTENER);
+        if let Err(e) = shared.epoll.modify(listener, &mut ev) {
+            error!("cannot re-arm the listening socket: {e}");
+        }
+    }
+}
+
+fn rate_limited_warn(msg: &str) {
+    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+        *last = Some(Instant::now());
+        warn!("{msg}");
+    }
+}
+
+fn add_session(shared: &Arc<Shared>, stream: UnixStream) {
+    if let Err(e) = stream.set_nonblocking(true) {
+        debug!("dropping new connection: {e}");
+        return;
+    }
+    // The helper speaks first: its supported-features word. A fresh socket always has
+    // room for 4 bytes; failure means the client is already gone.
+    if let Err(e) = (&stream).write_all(&SUPPORTED_FEATURES.to_be_bytes()) {
+        debug!("dropping new connection: {e}");
+        return;
+    }
+    let peer = if tracing::enabled!(tracing::Level::DEBUG) {
+        getsockopt(&stream, PeerCredentials).ok().map(|c| Peer {
+            pid: c.pid(),
+            uid: c.uid(),
+        })
+    } else {
+        None
+    };
+    let session = Box::new(Session {
+        stream,
+        conn: Conn::new(SUPPORTED_FEATURES),
+        peer,
+        pending: None,
+    });
+    let mut slab = shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
+    let i = slab.insert_busy();
+    let token = i as u64 + FIRST_SESSION;
+    let ev = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT, token);
+    if let Err(e) = shared.epoll.add(&session.stream, ev) {
+        warn!("cannot watch new connection: {e}");
+        slab.release(i);
+        return;
+    }
+    if let Some(p) = session.peer {
+        debug!(pid = p.pid, uid = p.uid, "client connected");
+    }
+    slab.slots[i] = Slot::Idle(session);
+}
+
+fn serve(shared: &Arc<Shared>, i: usize, scratch: &mut Scratch) {
+    let Some(mut session) = shared
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take(i)
+    else {
+        return;
+    };
+    shared.stats.busy.fetch_add(1, Ordering::SeqCst);
+    let had_pending = session.pending.is_some();
+    let next = if had_pending {
+        flush(&mut session)
+    } else {
+        read_and_execute(shared, &mut session, scratch)
+    };
+    let mut slab = shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
+    // A reply still being flushed keeps counting as in flight.
+    let pending = matches!(next, Next::Rearm(_)) && session.pending.is_some();
+    match next {
+        Next::Rearm(flags) => {
+            let mut ev =
+                EpollEvent::new(flags | EpollFlags::EPOLLONESHOT, i as u64 + FIRST_SESSION);
+            match shared.epoll.modify(&session.stream, &mut ev) {
+                Ok(()) => slab.slots[i] = Slot::Idle(session),
+                Err(e) => {
+                    warn!("cannot re-arm connection: {e}");
+                    drop(session);
+                    slab.release(i);
+                }
+            }
+        }
+        Next::Close => {
+            let _ = shared.epoll.delete(&session.stream);
+            drop(session);
+            slab.release(i);
+        }
+    }
+    drop(slab);
+    // `busy` counts sessions held by a worker plus replies still waiting to be flushed.
+    if pending && !had_pending {
+        shared.stats.busy.fetch_add(1, Ordering::SeqCst);
+    }
+    if had_pending && !pending {
+        shared.stats.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+    shared.stats.busy.fetch_sub(1, Ordering::SeqCst);
+}
+
+fn read_and_execute(shared: &Shared, s: &mut Session, scratch: &mut Scratch) -> Next {
+    if shared.stopping.load(Ordering::SeqCst) {
+        // After a stop request no new command is read (as qemu-pr-helper).
+        return Next::Close;
+    }
+    loop {
+        let want = s.conn.want();
+        let r = match fdpass::recv_with_fds(s.stream.as_fd(), &mut scratch.read[..want], true) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Next::Rearm(EpollFlags::EPOLLIN)
+            }
+            Err(e) => {
+                debug!("connection error: {e}");
+                return Next::Close;
+            }
+        };
+        if r.len == 0 {
+            if let Err(e) = s.conn.eof() {
+                warn!("closing connection: {e}");
+            }
+            return Next::Close;
+        }
+        if r.truncated {
+            drop(r.fds);
+            warn!("closing connection: {}", ProtoError::TooManyFds);
+            return Next::Close;
+        }
+        match s.conn.feed(&scratch.read[..r.len], r.fds) {
+            Ok(None) => continue,
+            Ok(Some(req)) => return execute(shared, s, req, &mut scratch.data),
+            Err(e) => {
+                warn!("closing connection: {e}");
+                return Next::Close;
+            }
+        }
+    }
+}
+
+fn execute(shared: &Shared, s: &mut Session, req: Request<OwnedFd>, data: &mut [u8]) -> Next {
+    let start = Instant::now();
+    let outcome = handler::execute(shared.backend.as_ref(), &req, data);
+    let reply = match &req.kind {
+        RequestKind::PrIn { alloc } => {
+            Reply::pr_in(outcome.status, &outcome.sense, &data[..outcome.len], *alloc)
+        }
+        RequestKind::PrOut { .. } => Reply::pr_out(outcome.status, &outcome.sense),
+    };
+    shared.stats.commands.fetch_add(1, Ordering::Relaxed);
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        log_command(s, &req, &reply, start.elapsed());
+    }
+    // Close the device fd before replying: the client may reuse the number at once.
+    let Request { fd, .. } = req;
+    drop(fd);
+    let header = reply.header();
+    let parts = [&header[..], reply.payload()];
+    let total = header.len() + reply.payload().len();
+    match fdpass::send_parts(s.stream.as_fd(), parts) {
+        Ok(n) if n == total => Next::Rearm(EpollFlags::EPOLLIN),
+        Ok(n) => {
+            let mut rest = Vec::with_capacity(total - n);
+            let mut skip = n;
+            for p in parts {
+                let k = skip.min(p.len());
+                rest.extend_from_slice(&p[k..]);
+                skip -= k;
+            }
+            s.pending = Some(Pending {
+                bytes: rest.into_boxed_slice(),
+                sent: 0,
+            });
+            Next::Rearm(EpollFlags::EPOLLOUT)
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            let mut rest = header.to_vec();
+            rest.extend_from_slice(reply.payload());
+            s.pending = Some(Pending {
+                bytes: rest.into_boxed_slice(),
+                sent: 0,
+            });
+            Next::Rearm(EpollFlags::EPOLLOUT)
+        }
+        Err(e) => {
+            debug!("client left before its reply: {e}");
+            Next::Close
+        }
+    }
+}
+
+fn flush(s: &mut Session) -> Next {
+    let Some(p) = s.pending.as_mut() else {
+        return Next::Rearm(EpollFlags::EPOLLIN);
+    };
+    loop {
+        match fdpass::send_parts(s.stream.as_fd(), [&p.bytes[p.sent..]]) {
+            Ok(n) => {
+                p.sent += n;
+                if p.sent == p.bytes.len() {
+                    s.pending = None;
+                    return Next::Rearm(EpollFlags::EPOLLIN);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Next::Rearm(EpollFlags::EPOLLOUT)
+            }
+            Err(e) => {
+                debug!("client left before its reply: {e}");
+                s.pending = None;
+                return Next::Close;
+            }
+        }
+    }
+}
+
+fn log_command(s: &Session, req: &Request<OwnedFd>, reply: &Reply<'_>, took: Duration) {
+    let c = CdbSummary::parse(&req.cdb);
+    let dev = nix::sys::stat::fstat(req.fd.as_raw_fd())
+        .map(|st| {
+            let rdev = st.st_rdev;
+            format!(
+                "{}:{}",
+                nix::sys::stat::major(rdev),
+                nix::sys::stat::minor(rdev)
+            )
+        })
+        .unwrap_or_else(|_| "?".into());
+    let (pid, uid) = s.peer.map_or((-1, u32::MAX), |p| (p.pid, p.uid));
+    debug!(
+        pid,
+        uid,
+        dev = %dev,
+        opcode = format_args!("{:#04x}", c.opcode),
+        sa = format_args!("{:#04x}", c.service_action),
+        action = c.action_name(),
+        pr_type = c.pr_type,
+        status = format_args!("{:#04x}", reply.status().0),
+        len = reply.payload().len(),
+        us = took.as_micros() as u64,
+        "command"
+    );
+}
+
+fn request_stop(shared: &Arc<Shared>) {
+    if shared.stopping.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    // Drain the signal pipe for the log message; the pipe stays un-armed from now on.
+    let mut buf = [0u8; 64];
+    let _ = (&shared.signals).read(&mut buf);
+    info!("stop requested: no longer accepting connections");
+    if let Some(listener) = shared
+        .listener
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    {
+        let _ = shared.epoll.delete(&listener);
+        drop(listener);
+    }
+    if let Some(hook) = shared
+        .stop_hook
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    {
+        hook();
+    }
+    let (lock, cvar) = &shared.stopped;
+    *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    cvar.notify_all();
+}
+
+/// Ask a running server to stop, as a signal would (for embedding and tests).
+pub fn stop_handle(signals_writer: &UnixStream) -> io::Result<()> {
+    (&*signals_writer).write_all(&[0])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slab_reuses_slots() {
+        let mut s = Slab::default();
+        let a = s.insert_busy();
+        let b = s.insert_busy();
+        assert_ne!(a, b);
+        assert_eq!(s.live, 2);
+        s.release(a);
+        assert_eq!(s.insert_busy(), a);
+        assert!(s.take(b).is_none(), "a busy slot yields nothing");
+        assert!(s.take(99).is_none());
+    }
+}

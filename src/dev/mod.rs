@@ -1,0 +1,109 @@
+//! Device access: how a PR command reaches the device behind the fd a client passed.
+//!
+//! The daemon talks to a [`Backend`]; [`SgIo`] sends the CDB with SG_IO. Tests use fakes.
+
+use std::os::fd::BorrowedFd;
+
+use crate::scsi::sense::{self, Sense};
+use crate::scsi::Status;
+use crate::sys::sgio::{self, Data};
+
+/// The result of one command: status, sense (always 96 initialised bytes) and, for
+/// PR IN, how many bytes of the buffer the device filled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub status: Status,
+    pub sense: Sense,
+    pub len: usize,
+}
+
+impl Outcome {
+    /// A locally built CHECK CONDITION with fixed-format sense.
+    pub fn check(code: sense::SenseCode) -> Outcome {
+        Outcome {
+            status: Status::CHECK_CONDITION,
+            sense: Sense::fixed(code),
+            len: 0,
+        }
+    }
+}
+
+/// Something that can execute PR IN / PR OUT on a device fd.
+pub trait Backend: Send + Sync {
+    /// PR IN: `buf` is exactly the allocation length long.
+    fn pr_in(&self, dev: BorrowedFd<'_>, cdb: &[u8; 16], buf: &mut [u8]) -> Outcome;
+    /// PR OUT with its parameter list.
+    fn pr_out(&self, dev: BorrowedFd<'_>, cdb: &[u8; 16], params: &[u8]) -> Outcome;
+}
+
+/// Plain SG_IO on the passed fd.
+#[derive(Clone, Debug)]
+pub struct SgIo {
+    /// SG_IO timeout in milliseconds.
+    pub timeout_ms: u32,
+}
+
+impl SgIo {
+    fn run(&self, dev: BorrowedFd<'_>, cdb: &[u8; 16], data: Data<'_>) -> Outcome {
+        let mut sense_buf = [0u8; 96];
+        let r = sgio::sg_io(dev, cdb, data, &mut sense_buf, self.timeout_ms);
+        let verdict = sense::interpret(&r.outcome);
+        let sense = match verdict.sense {
+            Some(code) => Sense::fixed(code),
+            None => Sense(sense_buf),
+        };
+        let len = if verdict.status == Status::GOOD {
+            r.transferred
+        } else {
+            0
+        };
+        Outcome {
+            status: verdict.status,
+            sense,
+            len,
+        }
+    }
+}
+
+impl Backend for SgIo {
+    fn pr_in(&self, dev: BorrowedFd<'_>, cdb: &[u8; 16], buf: &mut [u8]) -> Outcome {
+        let data = if buf.is_empty() {
+            Data::None
+        } else {
+            Data::FromDevice(buf)
+        };
+        self.run(dev, cdb, data)
+    }
+
+    fn pr_out(&self, dev: BorrowedFd<'_>, cdb: &[u8; 16], params: &[u8]) -> Outcome {
+        let data = if params.is_empty() {
+            Data::None
+        } else {
+            Data::ToDevice(params)
+        };
+        self.run(dev, cdb, data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scsi::sense::SenseCode;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn non_device_fd_is_aborted_command_io_error() {
+        // The C helper answers CHECK CONDITION 0b/00/06 for a regular file or /dev/null.
+        let f = std::fs::File::open("/dev/null").unwrap();
+        let be = SgIo { timeout_ms: 1000 };
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x5e;
+        cdb[8] = 8;
+        let mut buf = [0u8; 8];
+        let o = be.pr_in(f.as_fd(), &cdb, &mut buf);
+        assert_eq!(o, Outcome::check(SenseCode::IO_ERROR));
+        let o = be.pr_out(f.as_fd(), &cdb, &[0; 24]);
+        assert_eq!(o.status, Status::CHECK_CONDITION);
+        assert_eq!(o.sense.code(), Some(SenseCode::IO_ERROR));
+    }
+}
