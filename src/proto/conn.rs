@@ -46,9 +46,17 @@ enum State<F> {
     /// Waiting for the client's 4-byte requested-features word.
     Features { buf: [u8; 4], have: u8 },
     /// Collecting a CDB and its fd.
-    Cdb { buf: [u8; CDB_SIZE], have: u8, fd: Option<F> },
+    Cdb {
+        buf: [u8; CDB_SIZE],
+        have: u8,
+        fd: Option<F>,
+    },
     /// Collecting a PR OUT parameter list.
-    Params { cdb: [u8; CDB_SIZE], fd: F, data: Vec<u8> },
+    Params {
+        cdb: [u8; CDB_SIZE],
+        fd: F,
+        data: Vec<u8>,
+    },
     /// A protocol error was seen; nothing more is accepted.
     Failed,
 }
@@ -63,7 +71,13 @@ pub struct Conn<F> {
 impl<F> Conn<F> {
     /// A fresh connection; the helper has (or is about to have) sent `supported`.
     pub fn new(supported: u32) -> Self {
-        Conn { state: State::Features { buf: [0; 4], have: 0 }, supported }
+        Conn {
+            state: State::Features {
+                buf: [0; 4],
+                have: 0,
+            },
+            supported,
+        }
     }
 
     /// How many bytes to read next (always at least 1 until the connection has failed).
@@ -78,7 +92,14 @@ impl<F> Conn<F> {
 
     /// True between requests: EOF here is a normal disconnect.
     pub fn is_idle(&self) -> bool {
-        matches!(self.state, State::Cdb { have: 0, fd: None, .. })
+        matches!(
+            self.state,
+            State::Cdb {
+                have: 0,
+                fd: None,
+                ..
+            }
+        )
     }
 
     /// True once the feature handshake is done.
@@ -122,7 +143,11 @@ impl<F> Conn<F> {
                     if requested & !self.supported != 0 {
                         return Err(ProtoError::UnsupportedFeatures(requested));
                     }
-                    self.state = State::Cdb { buf: [0; CDB_SIZE], have: 0, fd: None };
+                    self.state = State::Cdb {
+                        buf: [0; CDB_SIZE],
+                        have: 0,
+                        fd: None,
+                    };
                 }
                 Ok(None)
             }
@@ -141,19 +166,35 @@ impl<F> Conn<F> {
                 }
                 let cdb = *buf;
                 let fd = fd.take().ok_or(ProtoError::NoFd)?;
-                self.state = State::Cdb { buf: [0; CDB_SIZE], have: 0, fd: None };
+                self.state = State::Cdb {
+                    buf: [0; CDB_SIZE],
+                    have: 0,
+                    fd: None,
+                };
                 let len = usize::from(u16::from_be_bytes([cdb[7], cdb[8]]));
                 match cdb[0] {
-                    PERSISTENT_RESERVE_IN | PERSISTENT_RESERVE_OUT if len > MAX_DATA => Err(ProtoError::TooLong(len)),
+                    PERSISTENT_RESERVE_IN | PERSISTENT_RESERVE_OUT if len > MAX_DATA => {
+                        Err(ProtoError::TooLong(len))
+                    }
                     PERSISTENT_RESERVE_IN => {
                         let alloc = AllocLen::new(len as u16).ok_or(ProtoError::TooLong(len))?;
-                        Ok(Some(Request { cdb, fd, kind: RequestKind::PrIn { alloc } }))
+                        Ok(Some(Request {
+                            cdb,
+                            fd,
+                            kind: RequestKind::PrIn { alloc },
+                        }))
                     }
-                    PERSISTENT_RESERVE_OUT if len == 0 => {
-                        Ok(Some(Request { cdb, fd, kind: RequestKind::PrOut { params: Vec::new() } }))
-                    }
+                    PERSISTENT_RESERVE_OUT if len == 0 => Ok(Some(Request {
+                        cdb,
+                        fd,
+                        kind: RequestKind::PrOut { params: Vec::new() },
+                    })),
                     PERSISTENT_RESERVE_OUT => {
-                        self.state = State::Params { cdb, fd, data: Vec::with_capacity(len) };
+                        self.state = State::Params {
+                            cdb,
+                            fd,
+                            data: Vec::with_capacity(len),
+                        };
                         Ok(None)
                     }
                     op => Err(ProtoError::BadOpcode(op)),
@@ -167,12 +208,21 @@ impl<F> Conn<F> {
                 if data.len() < data.capacity() {
                     return Ok(None);
                 }
-                let State::Params { cdb, fd, data } =
-                    std::mem::replace(&mut self.state, State::Cdb { buf: [0; CDB_SIZE], have: 0, fd: None })
-                else {
+                let State::Params { cdb, fd, data } = std::mem::replace(
+                    &mut self.state,
+                    State::Cdb {
+                        buf: [0; CDB_SIZE],
+                        have: 0,
+                        fd: None,
+                    },
+                ) else {
                     unreachable!("matched above")
                 };
-                Ok(Some(Request { cdb, fd, kind: RequestKind::PrOut { params: data } }))
+                Ok(Some(Request {
+                    cdb,
+                    fd,
+                    kind: RequestKind::PrOut { params: data },
+                }))
             }
         }
     }
@@ -220,7 +270,10 @@ mod tests {
     #[test]
     fn unsupported_feature_rejected() {
         let mut c: Conn<u32> = Conn::new(0);
-        assert_eq!(c.feed(&[0, 0, 0, 1], vec![]).unwrap_err(), ProtoError::UnsupportedFeatures(1));
+        assert_eq!(
+            c.feed(&[0, 0, 0, 1], vec![]).unwrap_err(),
+            ProtoError::UnsupportedFeatures(1)
+        );
         assert_eq!(c.want(), 0);
         // A supported bit is accepted.
         let mut c: Conn<u32> = Conn::new(1);
@@ -233,7 +286,12 @@ mod tests {
         let req = c.feed(&pr_in_cdb(24), vec![7]).unwrap().unwrap();
         assert_eq!(req.fd, 7);
         assert_eq!(req.cdb, pr_in_cdb(24));
-        assert_eq!(req.kind, RequestKind::PrIn { alloc: AllocLen::new(24).unwrap() });
+        assert_eq!(
+            req.kind,
+            RequestKind::PrIn {
+                alloc: AllocLen::new(24).unwrap()
+            }
+        );
         assert!(c.is_idle());
     }
 
@@ -244,7 +302,11 @@ mod tests {
             for fd_first in [true, false] {
                 let mut c = ready();
                 let (a, b) = cdb.split_at(split);
-                let (fa, fb) = if fd_first { (vec![3], vec![]) } else { (vec![], vec![3]) };
+                let (fa, fb) = if fd_first {
+                    (vec![3], vec![])
+                } else {
+                    (vec![], vec![3])
+                };
                 assert!(c.feed(a, fa).unwrap().is_none());
                 assert!(!c.is_idle());
                 assert_eq!(c.want(), 16 - split);
@@ -294,27 +356,45 @@ mod tests {
         assert_eq!(c.want(), 0);
 
         let mut c = ready();
-        assert_eq!(c.feed(&pr_in_cdb(8), vec![1, 2]).unwrap_err(), ProtoError::TooManyFds);
+        assert_eq!(
+            c.feed(&pr_in_cdb(8), vec![1, 2]).unwrap_err(),
+            ProtoError::TooManyFds
+        );
 
         let mut c = ready();
         c.feed(&[0x5e; 4], vec![1]).unwrap();
-        assert_eq!(c.feed(&[0; 12], vec![2]).unwrap_err(), ProtoError::TooManyFds);
+        assert_eq!(
+            c.feed(&[0; 12], vec![2]).unwrap_err(),
+            ProtoError::TooManyFds
+        );
 
         let mut c = ready();
         let mut cdb = pr_in_cdb(8);
         cdb[0] = 0x12;
-        assert_eq!(c.feed(&cdb, vec![1]).unwrap_err(), ProtoError::BadOpcode(0x12));
+        assert_eq!(
+            c.feed(&cdb, vec![1]).unwrap_err(),
+            ProtoError::BadOpcode(0x12)
+        );
 
         let mut c = ready();
-        assert_eq!(c.feed(&pr_in_cdb(8193), vec![1]).unwrap_err(), ProtoError::TooLong(8193));
+        assert_eq!(
+            c.feed(&pr_in_cdb(8193), vec![1]).unwrap_err(),
+            ProtoError::TooLong(8193)
+        );
         let mut c = ready();
-        assert_eq!(c.feed(&pr_out_cdb(u16::MAX), vec![1]).unwrap_err(), ProtoError::TooLong(65535));
+        assert_eq!(
+            c.feed(&pr_out_cdb(u16::MAX), vec![1]).unwrap_err(),
+            ProtoError::TooLong(65535)
+        );
         let mut c = ready();
         assert!(c.feed(&pr_in_cdb(8192), vec![1]).unwrap().is_some());
 
         let mut c = ready();
         c.feed(&pr_out_cdb(24), vec![1]).unwrap();
-        assert_eq!(c.feed(&[0; 24], vec![2]).unwrap_err(), ProtoError::FdWithParameters);
+        assert_eq!(
+            c.feed(&[0; 24], vec![2]).unwrap_err(),
+            ProtoError::FdWithParameters
+        );
     }
 
     #[test]

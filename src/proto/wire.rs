@@ -51,13 +51,25 @@ impl<'a> Reply<'a> {
     /// Reply to a PR IN. `data` is what the device returned; it is cut to `alloc`, and
     /// dropped entirely unless `status` is GOOD.
     pub fn pr_in(status: Status, sense: &'a Sense, data: &'a [u8], alloc: AllocLen) -> Reply<'a> {
-        let payload = if status == Status::GOOD { &data[..data.len().min(alloc.get())] } else { &[] };
-        Reply { status, sense, payload }
+        let payload = if status == Status::GOOD {
+            &data[..data.len().min(alloc.get())]
+        } else {
+            &[]
+        };
+        Reply {
+            status,
+            sense,
+            payload,
+        }
     }
 
     /// Reply to a PR OUT: never any payload.
     pub fn pr_out(status: Status, sense: &'a Sense) -> Reply<'a> {
-        Reply { status, sense, payload: &[] }
+        Reply {
+            status,
+            sense,
+            payload: &[],
+        }
     }
 
     pub fn status(&self) -> Status {
@@ -104,11 +116,18 @@ impl ReplyHeader {
         let size = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
         let status = u8::try_from(status).map_err(|_| ReplyError::BadStatus(status))?;
         if size as usize > max_size || (size != 0 && status != 0) {
-            return Err(ReplyError::BadSize { size, max: if status == 0 { max_size } else { 0 } });
+            return Err(ReplyError::BadSize {
+                size,
+                max: if status == 0 { max_size } else { 0 },
+            });
         }
         let mut sense = Sense::default();
         sense.0.copy_from_slice(&h[8..]);
-        Ok(ReplyHeader { status: Status(status), size: size as usize, sense })
+        Ok(ReplyHeader {
+            status: Status(status),
+            size: size as usize,
+            sense,
+        })
     }
 }
 
@@ -152,7 +171,11 @@ mod tests {
     fn pr_in_payload_dropped_unless_good() {
         let sense = Sense::default();
         let data = [1u8; 10];
-        for s in [Status::CHECK_CONDITION, Status::RESERVATION_CONFLICT, Status::BUSY] {
+        for s in [
+            Status::CHECK_CONDITION,
+            Status::RESERVATION_CONFLICT,
+            Status::BUSY,
+        ] {
             let r = Reply::pr_in(s, &sense, &data, AllocLen::new(10).unwrap());
             assert!(r.payload().is_empty());
             assert_eq!(&r.header()[4..8], &[0, 0, 0, 0]);
@@ -172,7 +195,14 @@ mod tests {
         let data = [7u8; 24];
         let r = Reply::pr_in(Status::GOOD, &sense, &data, AllocLen::new(24).unwrap());
         let d = ReplyHeader::decode(&r.header(), 24).unwrap();
-        assert_eq!(d, ReplyHeader { status: Status::GOOD, size: 24, sense: sense.clone() });
+        assert_eq!(
+            d,
+            ReplyHeader {
+                status: Status::GOOD,
+                size: 24,
+                sense: sense.clone()
+            }
+        );
         assert_eq!(
             ReplyHeader::decode(&r.header(), 23),
             Err(ReplyError::BadSize { size: 24, max: 23 })
@@ -181,7 +211,10 @@ mod tests {
         h[3] = 2; // CHECK CONDITION with data: forbidden
         assert!(ReplyHeader::decode(&h, 24).is_err());
         h[0] = 0xff;
-        assert_eq!(ReplyHeader::decode(&h, 24), Err(ReplyError::BadStatus(-16_777_214)));
+        assert_eq!(
+            ReplyHeader::decode(&h, 24),
+            Err(ReplyError::BadStatus(-16_777_214))
+        );
     }
 
     #[test]

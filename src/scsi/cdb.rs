@@ -184,8 +184,12 @@ impl CdbSummary {
     /// Service action name, or "unknown".
     pub fn action_name(&self) -> &'static str {
         match self.opcode {
-            PERSISTENT_RESERVE_IN => PrInAction::from_code(self.service_action).map_or("unknown", |a| a.name()),
-            PERSISTENT_RESERVE_OUT => PrOutAction::from_code(self.service_action).map_or("unknown", |a| a.name()),
+            PERSISTENT_RESERVE_IN => {
+                PrInAction::from_code(self.service_action).map_or("unknown", |a| a.name())
+            }
+            PERSISTENT_RESERVE_OUT => {
+                PrOutAction::from_code(self.service_action).map_or("unknown", |a| a.name())
+            }
             _ => "not a PR command",
         }
     }
@@ -201,13 +205,21 @@ mod tests {
             pr_in(PrInAction::ReadFullStatus, 0x1234),
             [0x5e, 0x03, 0, 0, 0, 0, 0, 0x12, 0x34, 0]
         );
-        assert_eq!(pr_in(PrInAction::ReadKeys, 8), [0x5e, 0, 0, 0, 0, 0, 0, 0, 8, 0]);
+        assert_eq!(
+            pr_in(PrInAction::ReadKeys, 8),
+            [0x5e, 0, 0, 0, 0, 0, 0, 0, 8, 0]
+        );
     }
 
     #[test]
     fn pr_out_cdb_bytes() {
         assert_eq!(
-            pr_out(PrOutAction::Reserve, LU_SCOPE, PrType::ExclusiveAccess as u8, 24),
+            pr_out(
+                PrOutAction::Reserve,
+                LU_SCOPE,
+                PrType::ExclusiveAccess as u8,
+                24
+            ),
             [0x5f, 0x01, 0x03, 0, 0, 0, 0, 0, 24, 0]
         );
         assert_eq!(
