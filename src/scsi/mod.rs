@@ -2,6 +2,8 @@
 //! sense data. Pure code: no I/O, no `unsafe`.
 
 pub mod cdb;
+pub mod prin;
+pub mod prout;
 pub mod sense;
 
 /// SCSI status byte (SAM-5).
