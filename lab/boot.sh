@@ -3,7 +3,7 @@
 #
 # Boot the lab VM and run one command inside it.
 #
-#   lab/boot.sh [--timeout SECS] [--log FILE] [--quiet] [--env NAME]... -- CMD [ARGS...]
+#   lab/boot.sh [--timeout SECS] [--log FILE] [--quiet] [--full-log] [--env NAME]... -- CMD [ARGS...]
 #
 # The guest is chrooted into the host's root (read-only over virtio-9p) with
 # fresh /proc, /sys, /dev, configfs and tmpfs /tmp and /run. CMD runs as root
@@ -12,7 +12,7 @@
 # boot.sh exits with CMD's exit status; 124 on timeout; 125 when the VM died
 # without reporting one. The console is streamed to stdout (unless --quiet)
 # and saved to FILE (default target/lab/last-console.log); on failure its tail
-# is printed.
+# (the whole log with --full-log) is printed to stderr.
 set -euo pipefail
 
 LAB_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -22,6 +22,7 @@ OUT=${LAB_OUT:-$ROOT/target/lab}
 timeout=600
 logfile=$OUT/last-console.log
 quiet=0
+full_log=0
 extra_env=()
 usage() {
     sed -n '4,16s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
@@ -32,6 +33,7 @@ while (($#)); do
     --timeout) timeout=$2; shift 2 ;;
     --log) logfile=$2; shift 2 ;;
     --quiet) quiet=1; shift ;;
+    --full-log) full_log=1; shift ;;
     --env) extra_env+=("$2"); shift 2 ;;
     --) shift; break ;;
     -h | --help) usage ;;
@@ -109,8 +111,13 @@ fi
 
 echo "boot.sh: exit status $status after ${elapsed}s (log: $logfile)" >&2
 if ((status != 0)); then
-    echo "boot.sh: ---- last 60 lines of the guest console ----" >&2
-    tr -d '\r' <"$logfile" | tail -n 60 >&2
+    if ((full_log)); then
+        echo "boot.sh: ---- guest console ($logfile) ----" >&2
+        tr -d '\r' <"$logfile" >&2
+    else
+        echo "boot.sh: ---- last 60 lines of the guest console ----" >&2
+        tr -d '\r' <"$logfile" | tail -n 60 >&2
+    fi
     echo "boot.sh: ---- end of guest console ----" >&2
 fi
 exit "$status"

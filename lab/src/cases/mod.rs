@@ -1,0 +1,19 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//! The lab's test cases, one module per area. Each case is a plain
+//! `fn() -> Result<()>`, registered in `CASES` in main.rs.
+
+pub mod lio;
+pub mod nested;
+
+use prhelper_lab::{ensure, Result};
+
+/// A case that always fails (hidden; run as `lab/run demo_failure`): shows
+/// that a failed assertion fails the run and prints the guest's log.
+pub fn demo_failure() -> Result<()> {
+    let answer = 6 * 7;
+    ensure!(
+        answer == 54,
+        "deliberate failure: expected 54, got {answer}"
+    );
+    Ok(())
+}

@@ -1,0 +1,145 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//! `prhelper-lab`: the test runner that runs inside the lab VM.
+//!
+//! ```text
+//! prhelper-lab [--list] [FILTER...]
+//! ```
+//!
+//! Runs every case whose name contains one of the FILTERs (all cases without
+//! filters; hidden cases only when named exactly), printing `PASS name (time)`
+//! or `FAIL name: reason`, then `N passed, N failed`. Exits 1 if any failed.
+//! Start it through `lab/run`, which boots the VM.
+//!
+//! To add a case: write `fn my_case() -> Result<()>` in a module under
+//! `cases/` and list it in [`CASES`].
+
+mod cases;
+
+use prhelper_lab::Result;
+use std::time::Instant;
+
+/// One named test case.
+struct Case {
+    name: &'static str,
+    about: &'static str,
+    run: fn() -> Result<()>,
+    /// Only run when named exactly on the command line.
+    hidden: bool,
+}
+
+const fn case(name: &'static str, about: &'static str, run: fn() -> Result<()>) -> Case {
+    Case {
+        name,
+        about,
+        run,
+        hidden: false,
+    }
+}
+
+/// The registry: every case, in the order they run.
+const CASES: &[Case] = &[
+    case(
+        "lio_smoke",
+        "LIO tcm_loop LUN: register, read keys, two initiators, reservation conflict",
+        cases::lio::lio_smoke,
+    ),
+    case(
+        "nested_qemu_c_helper",
+        "nested QEMU guest's sg_persist through Debian's C qemu-pr-helper reaches LIO",
+        cases::nested::nested_qemu_c_helper,
+    ),
+    Case {
+        hidden: true,
+        ..case(
+            "demo_failure",
+            "always fails: checks that a failing case fails the run",
+            cases::demo_failure,
+        )
+    },
+];
+
+fn usage() -> ! {
+    eprintln!("usage: prhelper-lab [--list] [FILTER...]");
+    std::process::exit(2);
+}
+
+fn selected<'a>(filters: &[String]) -> Vec<&'a Case> {
+    CASES
+        .iter()
+        .filter(|c| {
+            if c.hidden {
+                filters.iter().any(|f| f == c.name)
+            } else {
+                filters.is_empty() || filters.iter().any(|f| c.name.contains(f.as_str()))
+            }
+        })
+        .collect()
+}
+
+/// Run one case, turning a panic into a failure.
+fn run_case(case: &Case) -> Result<()> {
+    match std::panic::catch_unwind(case.run) {
+        Ok(result) => result,
+        Err(panic) => Err(format!(
+            "panicked: {}",
+            panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)")
+        )),
+    }
+}
+
+fn main() {
+    let mut list = false;
+    let mut filters = Vec::new();
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--list" => list = true,
+            "-h" | "--help" => usage(),
+            s if s.starts_with('-') => usage(),
+            _ => filters.push(arg),
+        }
+    }
+
+    if list {
+        for c in CASES {
+            let hidden = if c.hidden { " (hidden)" } else { "" };
+            println!("{:<24} {}{hidden}", c.name, c.about);
+        }
+        return;
+    }
+
+    let cases = selected(&filters);
+    if cases.is_empty() {
+        eprintln!("prhelper-lab: no case matches {filters:?} (see --list)");
+        std::process::exit(2);
+    }
+    if !prhelper_lab::util::in_lab_vm() {
+        eprintln!("prhelper-lab: not inside the lab VM; run it with lab/run");
+        std::process::exit(2);
+    }
+
+    let (mut passed, mut failed) = (0, 0);
+    for case in cases {
+        println!("RUN  {}", case.name);
+        let start = Instant::now();
+        let result = run_case(case);
+        let secs = start.elapsed().as_secs_f64();
+        match result {
+            Ok(()) => {
+                passed += 1;
+                println!("PASS {} ({secs:.1}s)", case.name);
+            }
+            Err(reason) => {
+                failed += 1;
+                println!("FAIL {}: {reason}", case.name);
+            }
+        }
+    }
+    println!("lab: {passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
