@@ -9,6 +9,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod client;
 pub mod daemon;
 pub mod dev;
 pub mod proto;
