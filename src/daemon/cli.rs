@@ -73,6 +73,11 @@ pub struct Args {
           value_parser = clap::value_parser!(u32).range(2..=65536))]
     pub max_threads: u32,
 
+    /// [extension] System call filter: kill the process on a system call outside the
+    /// allow list, only log it (kernel audit log), or no filter
+    #[arg(long = "seccomp", value_name = "MODE", value_enum, default_value_t = super::seccomp::Mode::Kill)]
+    pub seccomp: super::seccomp::Mode,
+
     /// [extension] Seconds to wait for in-flight commands when stopping
     #[arg(long = "shutdown-timeout", value_name = "SECONDS", default_value_t = 5)]
     pub shutdown_timeout: u64,

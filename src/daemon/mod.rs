@@ -2,7 +2,8 @@
 //!
 //! Start-up, all on one thread: signals → socket activation check → resolve -u/-g →
 //! (fork, with -d) → pid file → listening socket → RLIMIT_NOFILE → privilege drop →
-//! worker threads → readiness (sd_notify READY=1; the -d parent exits 0).
+//! readiness (sd_notify READY=1; the -d parent exits 0) → sandbox (no_new_privs, Landlock,
+//! seccomp) → worker threads.
 
 pub mod cli;
 pub mod handler;
@@ -10,6 +11,8 @@ pub mod listen;
 pub mod logging;
 pub mod pidfile;
 pub mod privs;
+pub mod sandbox;
+pub mod seccomp;
 pub mod server;
 
 use std::io::{self, Read, Write};
@@ -36,6 +39,8 @@ pub enum StartError {
     Pidfile(#[from] pidfile::PidfileError),
     #[error(transparent)]
     Privileges(#[from] privs::PrivError),
+    #[error("sandbox: {0}")]
+    Sandbox(String),
     #[error("{what}")]
     Io {
         what: &'static str,
@@ -205,6 +210,9 @@ fn start(args: &Args, ready_pipe: Option<UnixStream>) -> Result<(), Failed> {
     raise_nofile_limit();
 
     privs::drop_privileges(identity, &privs::kept(false)).map_err(|e| fail(e.into()))?;
+    crate::sys::process::limit_malloc_arenas(2);
+    let filter = seccomp::build(args.seccomp, &seccomp::Extra::default())
+        .map_err(|e| fail(StartError::Sandbox(e)))?;
 
     let backend = Box::new(SgIo {
         timeout_ms: args.sg_timeout * 1000,
@@ -218,17 +226,12 @@ fn start(args: &Args, ready_pipe: Option<UnixStream>) -> Result<(), Failed> {
         || "socket-activated socket".to_string(),
         |c| c.path().display().to_string(),
     );
-    let created = guard.disarm();
-    let hook: server::StopHook = Box::new(move || {
-        if let Some(c) = created {
-            c.remove();
-        }
-    });
-    let server = server::Server::start(listener, sig_rd, backend, cfg, hook)
-        .map_err(io_err("cannot start worker threads"))
-        .map_err(fail)?;
-    drop(sig_wr);
+    let socket_dir = guard
+        .0
+        .as_ref()
+        .and_then(|c| c.path().parent().map(|p| p.to_owned()));
 
+    // Ready: the socket already queues connections; the workers start right below.
     info!("listening on {where_}");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     if let Some(mut p) = pipe.borrow_mut().take() {
@@ -236,6 +239,23 @@ fn start(args: &Args, ready_pipe: Option<UnixStream>) -> Result<(), Failed> {
         drop(p);
         detach_stdio();
     }
+
+    let created = guard.disarm();
+    let hook: server::StopHook = Box::new(move || {
+        if let Some(c) = created {
+            c.remove();
+        }
+    });
+    let server = server::Server::new(listener, sig_rd, backend, cfg, hook)
+        .map_err(io_err("cannot set up the event loop"))
+        .map_err(fail)?;
+    drop(sig_wr);
+    sandbox::enter(socket_dir.as_deref(), filter.as_ref())
+        .map_err(|e| fail(StartError::Sandbox(e)))?;
+    server
+        .spawn_workers()
+        .map_err(io_err("cannot start worker threads"))
+        .map_err(fail)?;
 
     let abandoned = server.wait();
     if abandoned > 0 {

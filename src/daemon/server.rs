@@ -159,9 +159,23 @@ enum Next {
 }
 
 impl Server {
-    /// Start serving `listener` (already listening). `signals` becomes readable when the
-    /// daemon must stop. Workers are started here; call after privileges are dropped.
+    /// Start serving `listener` (already listening): [`Server::new`] then
+    /// [`Server::spawn_workers`].
     pub fn start(
+        listener: UnixListener,
+        signals: UnixStream,
+        backend: Box<dyn Backend>,
+        cfg: Config,
+        stop_hook: StopHook,
+    ) -> io::Result<Server> {
+        let s = Server::new(listener, signals, backend, cfg, stop_hook)?;
+        s.spawn_workers()?;
+        Ok(s)
+    }
+
+    /// Set up the event loop for `listener` (already listening). `signals` becomes
+    /// readable when the daemon must stop. No thread is started yet.
+    pub fn new(
         listener: UnixListener,
         signals: UnixStream,
         backend: Box<dyn Backend>,
@@ -191,10 +205,15 @@ impl Server {
             stop_hook: Mutex::new(Some(stop_hook)),
             stopped: (Mutex::new(false), Condvar::new()),
         });
-        for _ in 0..shared.cfg.min_spare.max(1) {
-            spawn_worker(&shared)?;
-        }
         Ok(Server { shared })
+    }
+
+    /// Start the initial workers; the pool grows on demand from there.
+    pub fn spawn_workers(&self) -> io::Result<()> {
+        for _ in 0..self.shared.cfg.min_spare.max(1) {
+            spawn_worker(&self.shared)?;
+        }
+        Ok(())
     }
 
     pub fn stats(&self) -> &Stats {

@@ -27,3 +27,16 @@ pub fn adopt_activation_fd(fd: RawFd) -> std::io::Result<OwnedFd> {
     // service manager for it to own; it is adopted once, during single-threaded start-up.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// Cap glibc's malloc arenas. Besides bounding memory with many threads, this keeps
+/// glibc from reading /sys/devices/system/cpu/online when a new thread first allocates
+/// (it sizes the arena limit from the CPU count), which the sandbox forbids.
+pub fn limit_malloc_arenas(n: i32) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator parameters; M_ARENA_MAX takes any positive int.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, n);
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = n;
+}

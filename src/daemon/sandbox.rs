@@ -1,0 +1,62 @@
+//! Confinement once start-up is done: no_new_privs, Landlock (where the kernel has it)
+//! and the seccomp filter from [`super::seccomp`].
+//!
+//! After start-up the daemon touches the filesystem only to remove its socket file on
+//! stop; devices arrive as fds. Landlock therefore grants nothing but file removal in the
+//! socket's directory.
+
+use std::path::Path;
+
+use landlock::{
+    Access, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, RulesetStatus, ABI,
+};
+use tracing::{debug, info};
+
+use super::seccomp;
+
+/// Restrict the filesystem. `removable_in`: the directory whose entries may be removed.
+pub fn landlock(removable_in: Option<&Path>) -> Result<RulesetStatus, String> {
+    let abi = ABI::V3;
+    let err = |e: landlock::RulesetError| format!("landlock: {e}");
+    let mut rs = Ruleset::default()
+        .set_compatibility(CompatLevel::BestEffort)
+        .handle_access(AccessFs::from_all(abi))
+        .map_err(err)?
+        .create()
+        .map_err(err)?;
+    if let Some(dir) = removable_in {
+        match PathFd::new(dir) {
+            Ok(fd) => {
+                rs = rs
+                    .add_rule(PathBeneath::new(fd, AccessFs::RemoveFile))
+                    .map_err(err)?
+            }
+            Err(e) => debug!("landlock: cannot open {}: {e}", dir.display()),
+        }
+    }
+    let status = rs.restrict_self().map_err(err)?;
+    Ok(status.ruleset)
+}
+
+/// Enter the sandbox: no_new_privs, Landlock, then the seccomp filter (compiled earlier).
+pub fn enter(
+    removable_in: Option<&Path>,
+    filter: Option<&seccompiler::BpfProgram>,
+) -> Result<(), String> {
+    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+    match landlock(removable_in)? {
+        RulesetStatus::FullyEnforced => debug!("landlock: enforced"),
+        RulesetStatus::PartiallyEnforced => {
+            debug!("landlock: partially enforced (older kernel ABI)")
+        }
+        RulesetStatus::NotEnforced => {
+            debug!("landlock: not available on this kernel; running without it")
+        }
+    }
+    match filter {
+        Some(prog) => seccomp::apply(prog).map_err(|e| format!("seccomp: {e}"))?,
+        None => info!("seccomp filter disabled"),
+    }
+    Ok(())
+}

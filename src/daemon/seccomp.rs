@@ -1,0 +1,224 @@
+//! The seccomp allow list: every system call the daemon makes once it serves clients,
+//! one entry each, with why. Anything else kills the process (or is logged, with
+//! `--seccomp=log`). `ioctl` is further restricted by request number.
+//!
+//! Built for x86_64 and aarch64 (seccompiler's architectures, minus riscv64 which is
+//! untested); elsewhere the daemon runs without a filter and says so.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule,
+};
+
+/// SG_IO: the reason the daemon exists.
+pub const SG_IO: u64 = 0x2285;
+/// FIONBIO: std's `set_nonblocking` on accepted connections.
+pub const FIONBIO: u64 = 0x5421;
+
+/// What to do with a system call outside the list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Kill the process (default).
+    Kill,
+    /// Allow it but log it to the kernel audit log (for finding missing entries).
+    Log,
+    /// No filter.
+    Off,
+}
+
+/// Extra ioctl request numbers to allow (e.g. device-mapper, block PR ioctls).
+#[derive(Clone, Debug, Default)]
+pub struct Extra {
+    pub ioctls: Vec<u64>,
+}
+
+/// (syscall, why) pairs allowed without conditions.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn plain() -> Vec<(i64, &'static str)> {
+    use libc::*;
+    let mut v = vec![
+        // Event loop.
+        (
+            SYS_epoll_pwait,
+            "workers wait for events (aarch64 libc, some glibc paths)",
+        ),
+        (
+            SYS_epoll_ctl,
+            "re-arming connections, adding/removing sockets",
+        ),
+        // Connections.
+        (SYS_accept4, "accepting clients"),
+        (SYS_recvmsg, "requests and their fds"),
+        (SYS_sendmsg, "replies"),
+        (SYS_sendto, "syslog/journald datagrams"),
+        (SYS_getsockopt, "SO_PEERCRED for debug logs"),
+        (SYS_read, "the signal pipe"),
+        (
+            SYS_recvfrom,
+            "the signal pipe (std reads sockets with recv)",
+        ),
+        (
+            SYS_write,
+            "handshake word, stderr logging, signal pipe (from the handler)",
+        ),
+        (SYS_writev, "stderr logging"),
+        (
+            SYS_close,
+            "device fds after each command, closed connections",
+        ),
+        (SYS_fcntl, "F_GETFL: refusing PR OUT on read-only fds"),
+        // Files: the socket file is removed on stop; device numbers for debug logs.
+        (SYS_fstat, "device number of the passed fd (debug log)"),
+        (
+            SYS_newfstatat,
+            "checking the socket file is still ours before removing it",
+        ),
+        (SYS_statx, "same, where std uses statx"),
+        (SYS_unlinkat, "removing the socket file on stop"),
+        // Memory.
+        (SYS_mmap, "allocator, thread stacks"),
+        (SYS_munmap, "allocator, thread stacks"),
+        (SYS_mprotect, "thread stack guard pages"),
+        (SYS_madvise, "allocator, exiting threads"),
+        (SYS_brk, "allocator"),
+        (SYS_mremap, "allocator"),
+        // Threads (the pool grows and shrinks).
+        (SYS_clone, "starting workers"),
+        (SYS_clone3, "starting workers (glibc 2.34+)"),
+        (SYS_futex, "mutexes and condition variables"),
+        (SYS_set_robust_list, "new threads (glibc)"),
+        (SYS_rseq, "new threads (glibc)"),
+        (SYS_sigaltstack, "std's stack overflow guard in new threads"),
+        (SYS_rt_sigprocmask, "thread creation, abort"),
+        (
+            SYS_rt_sigaction,
+            "std's stack-overflow handler set-up in new threads",
+        ),
+        (SYS_rt_sigreturn, "returning from the stop-signal handler"),
+        (SYS_restart_syscall, "syscalls interrupted by signals"),
+        (SYS_sched_yield, "spin loops in locks"),
+        (SYS_sched_getaffinity, "glibc thread start-up"),
+        (SYS_gettid, "logging, abort"),
+        (SYS_getpid, "syslog tag, abort"),
+        (SYS_tgkill, "abort on panic"),
+        (SYS_getrandom, "hash map seeds"),
+        (SYS_exit, "a worker retiring"),
+        (SYS_exit_group, "process exit"),
+        // Time.
+        (SYS_clock_gettime, "timestamps when the vDSO is unavailable"),
+        (
+            SYS_clock_nanosleep,
+            "short sleeps (accept back-off, shutdown wait)",
+        ),
+        (SYS_nanosleep, "short sleeps"),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    v.extend([
+        (SYS_epoll_wait, "workers wait for events"),
+        (SYS_stat, "checking the socket file (older std)"),
+        (SYS_lstat, "checking the socket file (older std)"),
+        (SYS_unlink, "removing the socket file on stop"),
+        (SYS_poll, "std's stdio sanity checks"),
+    ]);
+    v
+}
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn arch() -> seccompiler::TargetArch {
+    #[cfg(target_arch = "x86_64")]
+    return seccompiler::TargetArch::x86_64;
+    #[cfg(target_arch = "aarch64")]
+    return seccompiler::TargetArch::aarch64;
+}
+
+/// Compile the filter. `None` when the architecture is not supported or mode is Off.
+pub fn build(mode: Mode, extra: &Extra) -> Result<Option<BpfProgram>, String> {
+    if mode == Mode::Off {
+        return Ok(None);
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = extra;
+        return Ok(None);
+    }
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    {
+        let err = |e: seccompiler::BackendError| e.to_string();
+        let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+        for (nr, _why) in plain() {
+            rules.insert(nr, vec![]);
+        }
+        // ioctl: only these request numbers (argument 1, compared as 32 bits).
+        let mut ioctls = vec![SG_IO, FIONBIO];
+        ioctls.extend(&extra.ioctls);
+        let ioctl_rules = ioctls
+            .into_iter()
+            .map(|req| {
+                SeccompRule::new(vec![SeccompCondition::new(
+                    1,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::Eq,
+                    req,
+                )
+                .map_err(err)?])
+                .map_err(err)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        rules.insert(libc::SYS_ioctl, ioctl_rules);
+        // prctl: only PR_SET_NAME (std names new threads).
+        rules.insert(
+            libc::SYS_prctl,
+            vec![SeccompRule::new(vec![SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                libc::PR_SET_NAME as u64,
+            )
+            .map_err(err)?])
+            .map_err(err)?],
+        );
+        let mismatch = match mode {
+            Mode::Log => SeccompAction::Log,
+            _ => SeccompAction::KillProcess,
+        };
+        let filter =
+            SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch()).map_err(err)?;
+        BpfProgram::try_from(filter).map(Some).map_err(err)
+    }
+}
+
+/// Install a compiled filter on the calling thread (threads started later inherit it).
+pub fn apply(prog: &BpfProgram) -> Result<(), String> {
+    seccompiler::apply_filter(prog).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_for_every_mode() {
+        assert!(build(Mode::Off, &Extra::default()).unwrap().is_none());
+        let p = build(Mode::Kill, &Extra::default()).unwrap().unwrap();
+        assert!(!p.is_empty());
+        assert!(build(
+            Mode::Log,
+            &Extra {
+                ioctls: vec![0xc138fd0c]
+            }
+        )
+        .unwrap()
+        .is_some());
+    }
+
+    #[test]
+    fn no_duplicate_entries() {
+        let mut nrs: Vec<i64> = plain().into_iter().map(|(n, _)| n).collect();
+        let len = nrs.len();
+        nrs.sort();
+        nrs.dedup();
+        assert_eq!(nrs.len(), len);
+    }
+}
