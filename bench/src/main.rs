@@ -11,7 +11,7 @@ use prhelper_bench::{floor, procinfo, report, scale};
 const USAGE: &str = "\
 usage: prhelper-bench [--smoke] [--rounds N] [--duration SECS] [--threads N]
                       [--out DIR] [--prhelper PATH] [--c-helper PATH]
-                      [--skip-throughput] [--skip-scale]
+                      [--prhelper-arg ARG]... [--skip-throughput] [--skip-scale]
 
   --smoke            every part, a few seconds in total (CI); figures meaningless
   --rounds N         interleaved rounds per concurrency (default 5)
@@ -19,6 +19,7 @@ usage: prhelper-bench [--smoke] [--rounds N] [--duration SECS] [--threads N]
   --threads N        load generator threads for multi-client runs (default 2)
   --out DIR          where report.json and the SVG charts go (default target/bench)
   --prhelper PATH    prhelper binary (default: built by cargo next to this one)
+  --prhelper-arg ARG extra argument for prhelper (repeatable), e.g. --seccomp=off
   --c-helper PATH    C helper (default /usr/bin/qemu-pr-helper)";
 
 struct Opts {
@@ -28,6 +29,7 @@ struct Opts {
     threads: usize,
     out: Option<PathBuf>,
     prhelper: Option<PathBuf>,
+    prhelper_args: Vec<String>,
     c_helper: PathBuf,
     skip_throughput: bool,
     skip_scale: bool,
@@ -41,6 +43,7 @@ fn parse_args() -> Result<Opts, String> {
         threads: 2,
         out: None,
         prhelper: None,
+        prhelper_args: Vec::new(),
         c_helper: PathBuf::from("/usr/bin/qemu-pr-helper"),
         skip_throughput: false,
         skip_scale: false,
@@ -61,6 +64,7 @@ fn parse_args() -> Result<Opts, String> {
             "--threads" => o.threads = num(val("--threads")?)? as usize,
             "--out" => o.out = Some(val("--out")?.into()),
             "--prhelper" => o.prhelper = Some(val("--prhelper")?.into()),
+            "--prhelper-arg" => o.prhelper_args.push(val("--prhelper-arg")?),
             "--c-helper" => o.c_helper = val("--c-helper")?.into(),
             "--skip-throughput" => o.skip_throughput = true,
             "--skip-scale" => o.skip_scale = true,
@@ -146,6 +150,7 @@ fn run(opts: Opts) -> Result<bool, String> {
         bench: exe.clone(),
         c_helper: opts.c_helper.clone(),
         prhelper: prhelper_binary(opts.prhelper.clone(), &exe)?,
+        prhelper_args: opts.prhelper_args.clone(),
     };
     if !bins.c_helper.exists() {
         return Err(format!(

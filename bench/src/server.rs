@@ -44,6 +44,8 @@ pub struct Binaries {
     pub bench: PathBuf,
     pub c_helper: PathBuf,
     pub prhelper: PathBuf,
+    /// Extra arguments for prhelper (e.g. `--seccomp=off` to measure the filter's cost).
+    pub prhelper_args: Vec<String>,
 }
 
 /// A running server process.
@@ -78,7 +80,7 @@ impl Server {
             }
             Kind::Prhelper => {
                 let mut c = Command::new(&bins.prhelper);
-                c.arg("-k").arg(&socket);
+                c.arg("-k").arg(&socket).args(&bins.prhelper_args);
                 c
             }
         };
