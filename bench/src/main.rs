@@ -20,7 +20,9 @@ usage: prhelper-bench [--smoke] [--rounds N] [--duration SECS] [--threads N]
   --out DIR          where report.json and the SVG charts go (default target/bench)
   --prhelper PATH    prhelper binary (default: built by cargo next to this one)
   --prhelper-arg ARG extra argument for prhelper (repeatable), e.g. --seccomp=off
-  --c-helper PATH    C helper (default /usr/bin/qemu-pr-helper)";
+  --c-helper PATH    C helper (default /usr/bin/qemu-pr-helper)
+
+prhelper-bench --drive SOCKET CLIENTS SECONDS   load a running helper by hand";
 
 struct Opts {
     smoke: bool,
@@ -126,6 +128,9 @@ fn main() -> ExitCode {
             }
         };
     }
+    if argv.len() == 5 && argv[1] == "--drive" {
+        return drive(&argv[2..]);
+    }
     let opts = match parse_args() {
         Ok(o) => o,
         Err(e) => {
@@ -140,6 +145,37 @@ fn main() -> ExitCode {
             eprintln!("prhelper-bench: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `--drive SOCKET CLIENTS SECONDS`: load an already running helper (READ KEYS on
+/// /dev/null) and print requests/s and latency; for profiling a server by hand.
+fn drive(args: &[std::ffi::OsString]) -> ExitCode {
+    let socket = Path::new(&args[0]);
+    let (Some(clients), Some(secs)) = (
+        args[1].to_str().and_then(|s| s.parse::<usize>().ok()),
+        args[2].to_str().and_then(|s| s.parse::<f64>().ok()),
+    ) else {
+        eprintln!("usage: prhelper-bench --drive SOCKET CLIENTS SECONDS");
+        return ExitCode::from(2);
+    };
+    let _ = procinfo::raise_nofile();
+    let spec =
+        prhelper_bench::load::LoadSpec::dev_null(socket, clients, Duration::from_secs_f64(secs));
+    let r = prhelper_bench::load::run(&spec);
+    println!(
+        "{} clients: {:.0} req/s, p50 {:?}, p99 {:?}, {} errors {:?}",
+        clients,
+        r.rps(),
+        r.latencies.percentile(50.0),
+        r.latencies.percentile(99.0),
+        r.error_count,
+        r.errors
+    );
+    if r.error_count > 0 || r.unfinished > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
