@@ -26,6 +26,10 @@ MODULES=(
     virtio_scsi                         # nested guest's disk
 )
 
+# The subset a nested guest needs (it only uses its 9p root and a virtio-scsi
+# disk; under TCG-in-TCG every module costs seconds).
+NESTED_MODULES=(virtio_pci 9pnet_virtio 9p sd_mod sg virtio_scsi)
+
 # --- 1. Host packages -------------------------------------------------------
 PACKAGES=(qemu-system-x86 qemu-system-common busybox-static cpio kmod sg3-utils)
 missing=()
@@ -126,6 +130,7 @@ strip_signature() {
 # Resolve dependencies with modprobe against the extracted tree. Its output is
 # "insmod /path/x.ko" lines (dependencies first) or "builtin x".
 : >"$STAGE/lib/modules/load-order"
+: >"$STAGE/lib/modules/load-order-nested"
 declare -A seen=()
 for m in "${MODULES[@]}"; do
     while read -r kind path _; do
@@ -142,6 +147,15 @@ for m in "${MODULES[@]}"; do
         esac
         strip_signature "$STAGE/lib/modules/${name%.ko*}.ko"
         echo "${name%.ko*}.ko" >>"$STAGE/lib/modules/load-order"
+    done < <(modprobe -d "$KROOT" -S "$KVER" --show-depends "$m")
+done
+declare -A seen_nested=()
+for m in "${NESTED_MODULES[@]}"; do
+    while read -r kind path _; do
+        [[ $kind == insmod && -z ${seen_nested[$path]:-} ]] || continue
+        seen_nested[$path]=1
+        name=$(basename "$path")
+        echo "${name%.ko*}.ko" >>"$STAGE/lib/modules/load-order-nested"
     done < <(modprobe -d "$KROOT" -S "$KVER" --show-depends "$m")
 done
 

@@ -64,7 +64,9 @@ pub struct NestedOutcome {
 
 impl NestedGuest {
     /// A guest that runs `script` (bash), with the lab's kernel and initramfs,
-    /// 512 MiB, one vCPU, a 300 s timeout, no disks.
+    /// 512 MiB, one vCPU, no disks, and a timeout of
+    /// `PRHELPER_LAB_NESTED_TIMEOUT` seconds (default 1200: a nested boot
+    /// takes several minutes, far more on a busy machine).
     pub fn new(script: &str) -> NestedGuest {
         let dir = lab_dir();
         let vmlinux = dir.join("vmlinux");
@@ -77,7 +79,12 @@ impl NestedGuest {
             initrd: dir.join("initrd.img"),
             memory_mb: 512,
             cpus: 1,
-            timeout: Duration::from_secs(300),
+            timeout: Duration::from_secs(
+                std::env::var("PRHELPER_LAB_NESTED_TIMEOUT")
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(1200),
+            ),
             pr_helper_socket: None,
             disks: Vec::new(),
             script: script.to_string(),

@@ -32,7 +32,8 @@ pub fn nested_register_through(helper: &Path, extra_args: &[&str]) -> Result<()>
     let outcome = NestedGuest::new(&script)
         .with_pr_helper(helper.socket())
         .with_disk(&a.disk)
-        .run()?;
+        .run()
+        .map_err(|e| format!("{e}\nhelper log:\n{}", helper.log_text()))?;
     println!(
         "  nested guest ran for {:.1}s",
         outcome.duration.as_secs_f64()
