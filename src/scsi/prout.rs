@@ -266,7 +266,10 @@ impl TransportId {
                 name: wwn("FCP", &s[4..])?,
             });
         }
-        if lower.starts_with("fc,") {
+        // "fc,..." is also how a byte list starting with 0xfc reads (and how `Display` shows
+        // a raw TransportID starting with 0xfc): a list of 1- or 2-digit hex tokens is bytes,
+        // as sg_persist (which has no "fc," form) reads it. A WWN is one 16-digit token.
+        if lower.starts_with("fc,") && !is_hex_byte_list(s) {
             return Ok(TransportId::Fc {
                 name: wwn("FC", &s[3..])?,
             });
@@ -300,6 +303,13 @@ impl TransportId {
         }
         Ok(TransportId::Raw(bytes))
     }
+}
+
+/// Whether `s` is a comma- or space-separated list of 1- or 2-digit hex bytes.
+fn is_hex_byte_list(s: &str) -> bool {
+    s.split([',', ' '])
+        .filter(|t| !t.is_empty())
+        .all(|t| t.len() <= 2 && t.bytes().all(|c| c.is_ascii_hexdigit()))
 }
 
 /// Format bytes as sg3_utils' `hex2str` does with no address column: 16 per line, an extra
@@ -795,6 +805,37 @@ mod tests {
         ] {
             assert_eq!(TransportId::parse(&t.to_string()), Ok(t));
         }
+    }
+
+    /// Found by fuzz/cdb_and_params: a raw TransportID starting with 0xfc was displayed
+    /// as "fc,d5,cf,..." and parsed back as a malformed "fc,WWN".
+    #[test]
+    fn raw_starting_with_fc_displays_parseably() {
+        let mut b = vec![0xfc, 0xd5, 0xcf];
+        b.resize(75, 0x1e);
+        let t = TransportId::Raw(b);
+        assert_eq!(TransportId::parse(&t.to_string()), Ok(t));
+        let t = TransportId::Raw(vec![0xfc; 24]);
+        assert_eq!(TransportId::parse(&t.to_string()), Ok(t));
+        assert_eq!(
+            TransportId::parse("fc,12"),
+            Ok(TransportId::Raw({
+                let mut v = vec![0xfc, 0x12];
+                v.resize(24, 0);
+                v
+            }))
+        );
+        // The FC forms are unchanged.
+        assert_eq!(
+            TransportId::parse("fc,0x20000000c9123456"),
+            Ok(TransportId::Fc {
+                name: 0x2000_0000_c912_3456
+            })
+        );
+        assert!(matches!(
+            TransportId::parse("fc,123"),
+            Err(ParseTidError::BadWwn { .. })
+        ));
     }
 
     #[test]
