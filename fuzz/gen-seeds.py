@@ -181,6 +181,8 @@ def cdb_seeds():
                            "fc,0x20000000c9123456", "iqn.1994-05.com.redhat:abc", "iqn.a,i,0x1234",
                            "6,0,0,0,50,1,40,50", "fc,00,00,00,00,00,00,00,00,00,00,00,00,00,00,00,00,00,00,00,00,00,00,00"]):
         s[f"tid_str_{i}"] = b"\x00" + t.encode()
+    # Regression: a raw TransportID starting with 0xfc displayed as "fc,..." (fixed in 0702954).
+    s["regress_raw_fc_display"] = b"\xdb\xfc\xd5\xcf" + b"\x1e" * 72
     return s
 
 
