@@ -252,7 +252,8 @@ fn run(opts: Opts) -> Result<bool, String> {
             pin_cpu,
             threads: opts.threads,
         };
-        let (s, f) = throughput::run(&mut servers, &cfg, |s| {
+        let restart = |k: Kind| Server::start(k, &bins, &work);
+        let (s, f) = throughput::run(&mut servers, &cfg, restart, |s| {
             eprintln!(
                 "  {:<15} {:>9} clients, round {}: {:>9.0} req/s  p50 {:>8.1} µs  p99 {:>8.1} µs",
                 s.kind.name(),

@@ -55,6 +55,7 @@ pub struct Sample {
 pub fn run(
     servers: &mut [Server],
     cfg: &Config,
+    mut restart: impl FnMut(Kind) -> std::io::Result<Server>,
     mut progress: impl FnMut(&Sample),
 ) -> (Vec<Sample>, Vec<String>) {
     let mut samples = Vec::new();
@@ -90,8 +91,21 @@ pub fn run(
                     ));
                 }
                 if let Err(e) = server.check_alive() {
-                    failures.push(e.to_string());
-                    return (samples, failures);
+                    // Record it, then carry on with a fresh instance so that the rest of
+                    // the report still has figures for every server.
+                    failures.push(format!(
+                        "{e} (at {} clients, round {})",
+                        mode.label(),
+                        round + 1
+                    ));
+                    match restart(server.kind) {
+                        Ok(s) => *server = s,
+                        Err(e) => {
+                            failures.push(format!("restarting {}: {e}", server.kind.name()));
+                            return (samples, failures);
+                        }
+                    }
+                    continue;
                 }
                 let us = |d: Duration| d.as_nanos() as f64 / 1000.0;
                 let s = Sample {
