@@ -373,8 +373,19 @@ fn start_up_errors_are_clear() {
 #[test]
 fn survives_stderr_closed_by_the_parent() {
     // libvirt reads our stderr only until the socket appears, then closes the pipe.
-    let mut d = Daemon::start(&["-vv"]);
-    drop(d.child.stderr.take());
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("pr.sock");
+    let mut child = Command::new(BIN)
+        .arg("-k")
+        .arg(&sock)
+        .arg("-vv")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut d = Daemon::adopt(child, sock, dir);
+    d.wait_for_socket();
+    drop(stderr);
     for _ in 0..3 {
         assert_serves(&d);
     }
@@ -388,6 +399,7 @@ fn debug_log_has_one_line_per_command() {
     assert_serves(&d);
     d.signal(libc::SIGTERM);
     d.wait_exit(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(100));
     let log = d.stderr_text();
     let line = log
         .lines()
@@ -493,11 +505,7 @@ fn socket_activation() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("act.sock");
     let child = activated(1, &[], &sock);
-    let mut d = Daemon {
-        child,
-        socket: sock.clone(),
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let mut d = Daemon::adopt(child, sock.clone(), tempfile::tempdir().unwrap());
     d.wait_for_socket();
     assert_serves(&d);
     d.signal(libc::SIGTERM);

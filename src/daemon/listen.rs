@@ -38,8 +38,13 @@ pub enum ListenError {
 #[derive(Debug)]
 pub struct CreatedSocket {
     path: PathBuf,
-    dev: u64,
-    ino: u64,
+    /// Identity of the file we created: device, inode and change time (the inode number
+    /// alone can be reused by a replacement).
+    id: (u64, u64, i64, i64),
+}
+
+fn file_id(m: &std::fs::Metadata) -> (u64, u64, i64, i64) {
+    (m.dev(), m.ino(), m.ctime(), m.ctime_nsec())
 }
 
 impl CreatedSocket {
@@ -50,7 +55,7 @@ impl CreatedSocket {
     /// Unlink the socket file unless it has been replaced by someone else's.
     pub fn remove(&self) {
         if let Ok(m) = std::fs::symlink_metadata(&self.path) {
-            if m.dev() == self.dev && m.ino() == self.ino {
+            if file_id(&m) == self.id {
                 let _ = std::fs::remove_file(&self.path);
             }
         }
@@ -139,14 +144,14 @@ pub fn bind_path(path: &Path) -> Result<(UnixListener, CreatedSocket), ListenErr
     };
     // The kernel caps the backlog at net.core.somaxconn (4096 by default).
     listen(&sock, Backlog::MAXCONN).map_err(|e| cleanup(io_err("cannot listen", e.into())))?;
-    let m = std::fs::symlink_metadata(&tmp).map_err(|e| cleanup(io_err("cannot inspect", e)))?;
     std::fs::rename(&tmp, path).map_err(|e| cleanup(io_err("cannot move socket into place", e)))?;
+    // Identity after the rename (which changes the ctime).
+    let m = std::fs::symlink_metadata(path).map_err(|e| io_err("cannot inspect", e))?;
     Ok((
         UnixListener::from(sock),
         CreatedSocket {
             path: path.to_owned(),
-            dev: m.dev(),
-            ino: m.ino(),
+            id: file_id(&m),
         },
     ))
 }
@@ -202,10 +207,11 @@ mod tests {
     fn remove_spares_a_replaced_socket() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s.sock");
-        let (l, created) = bind_path(&p).unwrap();
-        drop(l);
-        std::fs::remove_file(&p).unwrap();
-        let _other = UnixListener::bind(&p).unwrap();
+        let (_l, created) = bind_path(&p).unwrap();
+        // Another socket renamed over ours (as a second helper would after a crash).
+        let q = dir.path().join("q.sock");
+        let _other = UnixListener::bind(&q).unwrap();
+        std::fs::rename(&q, &p).unwrap();
         created.remove();
         assert!(p.exists(), "someone else's socket must survive");
     }

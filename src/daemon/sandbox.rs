@@ -40,10 +40,7 @@ pub fn landlock(removable_in: Option<&Path>) -> Result<RulesetStatus, String> {
 }
 
 /// Enter the sandbox: no_new_privs, Landlock, then the seccomp filter (compiled earlier).
-pub fn enter(
-    removable_in: Option<&Path>,
-    filter: Option<&seccompiler::BpfProgram>,
-) -> Result<(), String> {
+pub fn enter(removable_in: Option<&Path>, filter: Option<&seccomp::Filters>) -> Result<(), String> {
     nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
     match landlock(removable_in)? {
         RulesetStatus::FullyEnforced => debug!("landlock: enforced"),

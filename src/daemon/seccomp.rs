@@ -2,6 +2,11 @@
 //! one entry each, with why. Anything else kills the process (or is logged, with
 //! `--seccomp=log`). `ioctl` is further restricted by request number.
 //!
+//! Opening files is the one exception: glibc opens /proc/sys/vm/overcommit_memory the
+//! first time an exiting thread's heap could shrink, and copes with failure. So `open`
+//! and `openat` fail with EACCES instead of killing the process (a second, stacked
+//! filter; the kernel applies the stricter answer), and Landlock denies them anyway.
+//!
 //! Built for x86_64 and aarch64 (seccompiler's architectures, minus riscv64 which is
 //! untested); elsewhere the daemon runs without a filter and says so.
 
@@ -133,8 +138,23 @@ fn arch() -> seccompiler::TargetArch {
     return seccompiler::TargetArch::aarch64;
 }
 
-/// Compile the filter. `None` when the architecture is not supported or mode is Off.
-pub fn build(mode: Mode, extra: &Extra) -> Result<Option<BpfProgram>, String> {
+/// Compiled filters, applied in order.
+pub type Filters = Vec<BpfProgram>;
+
+/// System calls that fail with EACCES rather than kill.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn refused() -> Vec<(i64, &'static str)> {
+    let mut v = vec![(
+        libc::SYS_openat,
+        "glibc's heap trimming when a worker exits; nothing else opens files",
+    )];
+    #[cfg(target_arch = "x86_64")]
+    v.push((libc::SYS_open, "same, older libc"));
+    v
+}
+
+/// Compile the filters. `None` when the architecture is not supported or mode is Off.
+pub fn build(mode: Mode, extra: &Extra) -> Result<Option<Filters>, String> {
     if mode == Mode::Off {
         return Ok(None);
     }
@@ -147,7 +167,7 @@ pub fn build(mode: Mode, extra: &Extra) -> Result<Option<BpfProgram>, String> {
     {
         let err = |e: seccompiler::BackendError| e.to_string();
         let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-        for (nr, _why) in plain() {
+        for (nr, _why) in plain().into_iter().chain(refused()) {
             rules.insert(nr, vec![]);
         }
         // ioctl: only these request numbers (argument 1, compared as 32 bits).
@@ -185,13 +205,29 @@ pub fn build(mode: Mode, extra: &Extra) -> Result<Option<BpfProgram>, String> {
         };
         let filter =
             SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch()).map_err(err)?;
-        BpfProgram::try_from(filter).map(Some).map_err(err)
+        let allow = BpfProgram::try_from(filter).map_err(err)?;
+        let refuse: BTreeMap<i64, Vec<SeccompRule>> =
+            refused().into_iter().map(|(nr, _)| (nr, vec![])).collect();
+        let refuse = SeccompFilter::new(
+            refuse,
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::EACCES as u32),
+            arch(),
+        )
+        .map_err(err)?;
+        let refuse = BpfProgram::try_from(refuse).map_err(err)?;
+        // The refusing filter goes first: installing a filter calls prctl(NO_NEW_PRIVS),
+        // which the allow list itself does not permit.
+        Ok(Some(vec![refuse, allow]))
     }
 }
 
-/// Install a compiled filter on the calling thread (threads started later inherit it).
-pub fn apply(prog: &BpfProgram) -> Result<(), String> {
-    seccompiler::apply_filter(prog).map_err(|e| e.to_string())
+/// Install the filters on the calling thread (threads started later inherit them).
+pub fn apply(filters: &[BpfProgram]) -> Result<(), String> {
+    for prog in filters {
+        seccompiler::apply_filter(prog).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -215,7 +251,11 @@ mod tests {
 
     #[test]
     fn no_duplicate_entries() {
-        let mut nrs: Vec<i64> = plain().into_iter().map(|(n, _)| n).collect();
+        let mut nrs: Vec<i64> = plain()
+            .into_iter()
+            .chain(refused())
+            .map(|(n, _)| n)
+            .collect();
         let len = nrs.len();
         nrs.sort();
         nrs.dedup();

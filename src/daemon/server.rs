@@ -5,9 +5,9 @@
 //! which then owns that connection until it re-arms it. The worker that receives a
 //! request reads it, runs the SG_IO and writes the reply itself: no hand-off between
 //! threads on the request path. Idle connections cost no thread (about 150 bytes of heap
-//! each). A worker stuck on a hung device is one fewer spare: when the last spare wakes
-//! up, it starts another worker first (up to `max_threads`), so other clients are still
-//! served.
+//! each). A worker stuck on a hung device is one fewer spare: when no worker has been
+//! left waiting for a millisecond, a supervisor thread starts another (up to
+//! `max_threads`), so other clients are still served.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -145,6 +145,9 @@ struct Shared {
     stopping: AtomicBool,
     stop_hook: Mutex<Option<StopHook>>,
     stopped: (Mutex<bool>, Condvar),
+    /// Set by a worker that woke up as the last one waiting; wakes the supervisor.
+    starved: AtomicBool,
+    nudge: (Mutex<()>, Condvar),
 }
 
 /// A running server.
@@ -204,6 +207,8 @@ impl Server {
             stopping: AtomicBool::new(false),
             stop_hook: Mutex::new(Some(stop_hook)),
             stopped: (Mutex::new(false), Condvar::new()),
+            starved: AtomicBool::new(false),
+            nudge: (Mutex::new(()), Condvar::new()),
         });
         Ok(Server { shared })
     }
@@ -213,6 +218,11 @@ impl Server {
         for _ in 0..self.shared.cfg.min_spare.max(1) {
             spawn_worker(&self.shared)?;
         }
+        let s = Arc::clone(&self.shared);
+        std::thread::Builder::new()
+            .name("prhelper-pool".into())
+            .stack_size(64 * 1024)
+            .spawn(move || supervise(s))?;
         Ok(())
     }
 
@@ -293,23 +303,52 @@ fn worker(shared: Arc<Shared>) {
             }
             continue;
         }
-        // This worker was the last one waiting: start another before doing anything that
-        // may block, so the event loop is never left unattended.
-        if idle == 0 && stats.threads.load(Ordering::SeqCst) < shared.cfg.max_threads {
-            if let Err(e) = spawn_worker(&shared) {
-                warn!("cannot start another worker thread: {e}");
-            }
+        // This worker was the last one waiting: if it (or its peers) stay busy, the
+        // supervisor adds a worker, so a command stuck on a device never leaves the
+        // event loop unattended for more than a millisecond or two.
+        if idle == 0 && !shared.starved.swap(true, Ordering::SeqCst) {
+            let _guard = shared.nudge.0.lock().unwrap_or_else(|e| e.into_inner());
+            shared.nudge.1.notify_one();
         }
         match events[0].data() {
             LISTENER => accept_all(&shared),
             SIGNALS => request_stop(&shared),
             token => serve(&shared, (token - FIRST_SESSION) as usize, &mut scratch),
         }
-        // Too many spares (a burst is over): this one goes.
-        if stats.idle.load(Ordering::SeqCst) > shared.cfg.min_spare * 4 + 4
-            && retire(stats, shared.cfg.min_spare)
+    }
+}
+
+/// Grows the pool: woken when no worker is left waiting, it checks every millisecond
+/// and starts a worker for as long as that stays so. Quick commands on a loaded machine
+/// rarely keep every worker busy that long, so the pool stays near the number of CPUs;
+/// commands stuck on a hung device do, and each gets a replacement. (Starting a thread
+/// on every momentary shortage instead made the pool churn and cost throughput.)
+/// Surplus workers retire after 10 s without work.
+fn supervise(shared: Arc<Shared>) {
+    let stats = &shared.stats;
+    loop {
         {
-            return;
+            let mut g = shared.nudge.0.lock().unwrap_or_else(|e| e.into_inner());
+            while !shared.starved.load(Ordering::SeqCst) {
+                g = shared
+                    .nudge
+                    .1
+                    .wait_timeout(g, Duration::from_secs(1))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+        if stats.idle.load(Ordering::SeqCst) > 0 {
+            shared.starved.store(false, Ordering::SeqCst);
+            continue;
+        }
+        if stats.threads.load(Ordering::SeqCst) < shared.cfg.max_threads {
+            if let Err(e) = spawn_worker(&shared) {
+                rate_limited_warn(&format!("cannot start another worker thread: {e}"));
+            }
+        } else {
+            rate_limited_warn("all worker threads are busy (--max-threads reached)");
         }
     }
 }
@@ -366,6 +405,38 @@ fn rate_limited_warn(msg: &str) {
         warn!("{msg}");
     }
 }
+
+/// Log a client's protocol violation. A hostile client can cause thousands per second,
+/// and a log write can block (a full stderr pipe, a slow journal): at most
+/// [`CLIENT_ERRORS_PER_SEC`] are logged at warning level each second, with a count of
+/// the rest; all of them at debug level.
+fn client_error(s: &Session, e: &ProtoError) {
+    static WINDOW: Mutex<(Option<Instant>, u32, u32)> = Mutex::new((None, 0, 0));
+    let (pid, uid) = s.peer.map_or((-1, u32::MAX), |p| (p.pid, p.uid));
+    let mut w = WINDOW.lock().unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    if w.0
+        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+    {
+        let suppressed = w.2;
+        *w = (Some(now), 0, 0);
+        if suppressed > 0 {
+            warn!("{suppressed} more client protocol errors in the last second (see debug log)");
+        }
+    }
+    if w.1 < CLIENT_ERRORS_PER_SEC {
+        w.1 += 1;
+        drop(w);
+        warn!("closing connection: {e}");
+    } else {
+        w.2 += 1;
+        drop(w);
+        debug!(pid, uid, "closing connection: {e}");
+    }
+}
+
+/// Protocol errors logged at warning level per second.
+const CLIENT_ERRORS_PER_SEC: u32 = 5;
 
 fn add_session(shared: &Arc<Shared>, stream: UnixStream) {
     if let Err(e) = stream.set_nonblocking(true) {
@@ -475,20 +546,20 @@ fn read_and_execute(shared: &Shared, s: &mut Session, scratch: &mut Scratch) -> 
         };
         if r.len == 0 {
             if let Err(e) = s.conn.eof() {
-                warn!("closing connection: {e}");
+                client_error(s, &e);
             }
             return Next::Close;
         }
         if r.truncated {
             drop(r.fds);
-            warn!("closing connection: {}", ProtoError::TooManyFds);
+            client_error(s, &ProtoError::TooManyFds);
             return Next::Close;
         }
         match s.conn.feed(&scratch.read[..r.len], r.fds) {
             Ok(None) => continue,
             Ok(Some(req)) => return execute(shared, s, req, &mut scratch.data),
             Err(e) => {
-                warn!("closing connection: {e}");
+                client_error(s, &e);
                 return Next::Close;
             }
         }

@@ -18,6 +18,8 @@ pub struct Daemon {
     pub child: Child,
     pub socket: PathBuf,
     pub dir: tempfile::TempDir,
+    /// stderr, drained continuously so the daemon never blocks on a full pipe.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
 }
 
 impl Daemon {
@@ -50,9 +52,32 @@ impl Daemon {
             .stderr(Stdio::piped());
         tweak(&mut cmd);
         let child = cmd.spawn().unwrap();
-        let mut d = Daemon { child, socket, dir };
+        let mut d = Daemon::adopt(child, socket, dir);
         d.wait_for_socket();
         d
+    }
+
+    /// Wrap a spawned daemon, draining its stderr (if piped) in the background.
+    pub fn adopt(mut child: Child, socket: PathBuf, dir: tempfile::TempDir) -> Daemon {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        if let Some(mut err) = child.stderr.take() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = err.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    log.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+        Daemon {
+            child,
+            socket,
+            dir,
+            log,
+        }
     }
 
     pub fn wait_for_socket(&mut self) {
@@ -60,11 +85,8 @@ impl Daemon {
         // Until it accepts (a stale socket file may already be there).
         while UnixStream::connect(&self.socket).is_err() {
             if let Some(st) = self.child.try_wait().unwrap() {
-                let mut err = String::new();
-                if let Some(e) = self.child.stderr.as_mut() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                panic!("daemon exited early ({st}): {err}");
+                std::thread::sleep(Duration::from_millis(50));
+                panic!("daemon exited early ({st}): {}", self.stderr_text());
             }
             assert!(Instant::now() < deadline, "socket never appeared");
             std::thread::sleep(Duration::from_millis(5));
@@ -106,12 +128,9 @@ impl Daemon {
         }
     }
 
-    pub fn stderr_text(&mut self) -> String {
-        let mut s = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = e.read_to_string(&mut s);
-        }
-        s
+    /// What the daemon wrote to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.log.lock().unwrap()).into_owned()
     }
 }
 
