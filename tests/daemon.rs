@@ -640,3 +640,68 @@ fn socket_accepts_the_moment_it_appears() {
         r.expect("socket refused a connection right after appearing");
     }
 }
+
+#[test]
+fn unwritable_socket_directory_is_a_clear_error() {
+    // Even root cannot create files in sysfs.
+    let out = Command::new(BIN)
+        .args(["-k", "/sys/prhelper-test.sock"])
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/sys/prhelper-test.sock") && err.contains("cannot bind"),
+        "{err}"
+    );
+}
+
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn fd_exhaustion_neither_spins_nor_kills_the_daemon() {
+    // A hard limit of 32 fds: accept() starts failing with EMFILE after a few clients.
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("pr.sock");
+    let child = Command::new("prlimit")
+        .args(["--nofile=32:32", BIN, "-k"])
+        .arg(&sock)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut d = Daemon::adopt(child, sock, dir);
+    d.wait_for_socket();
+    let mut held: Vec<UnixStream> = (0..60)
+        .map(|_| UnixStream::connect(&d.socket).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = cpu_ticks(d.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(d.pid()) - t0;
+    // 100 ticks per second would be a spinning core.
+    assert!(
+        used < 30,
+        "daemon used {used} ticks in 1 s while accept() failed"
+    );
+    assert!(
+        d.child.try_wait().unwrap().is_none(),
+        "daemon must survive EMFILE"
+    );
+    // Free the fds: queued and new clients are served again.
+    held.truncate(5);
+    let mut c = d.connect();
+    let f = devnull_rw();
+    assert_eq!(c.request(&pr_in_cdb(0, 8), f.as_fd(), &[]).status, 2);
+    let log = d.stderr_text();
+    assert!(log.contains("accept failed"), "{log}");
+}

@@ -56,7 +56,9 @@ impl CreatedSocket {
     pub fn remove(&self) {
         if let Ok(m) = std::fs::symlink_metadata(&self.path) {
             if file_id(&m) == self.id {
-                let _ = std::fs::remove_file(&self.path);
+                if let Err(e) = std::fs::remove_file(&self.path) {
+                    tracing::warn!("cannot remove socket {}: {e}", self.path.display());
+                }
             }
         }
     }
