@@ -11,6 +11,7 @@
 pub mod helper;
 pub mod lio;
 pub mod nested;
+pub mod prh;
 pub mod sg;
 pub mod util;
 

@@ -44,9 +44,39 @@ const CASES: &[Case] = &[
         cases::lio::lio_smoke,
     ),
     case(
+        "client_actions",
+        "prhelper-client through prhelper: every PR IN/OUT action and type, checked against sg_persist",
+        cases::client_actions::client_actions,
+    ),
+    case(
+        "differential_c_helper",
+        "prhelper vs Debian's C helper on twin LUNs: scripted + seeded random sequences, byte for byte",
+        cases::differential::differential_c_helper,
+    ),
+    case(
+        "abuse",
+        "malformed requests, non-device fds, an offline then removed LUN; a healthy client unaffected",
+        cases::abuse::abuse,
+    ),
+    case(
+        "perf_real_device",
+        "benchmark on a LIO LUN: READ KEYS, REGISTER/unregister; direct SG_IO vs C helper vs prhelper (ratios)",
+        cases::perf::perf_real_device,
+    ),
+    case(
+        "hung_device",
+        "100/200 clients stuck on a hung multipath map: others still served, SIGTERM exit; C helper for contrast",
+        cases::perf::hung_device,
+    ),
+    case(
         "nested_qemu_c_helper",
         "nested QEMU guest's sg_persist through Debian's C qemu-pr-helper reaches LIO",
         cases::nested::nested_qemu_c_helper,
+    ),
+    case(
+        "nested_qemu_prhelper",
+        "nested QEMU through prhelper, which is restarted mid-run: QEMU reconnects",
+        cases::nested::nested_qemu_prhelper,
     ),
     Case {
         hidden: true,

@@ -2,8 +2,12 @@
 //! The lab's test cases, one module per area. Each case is a plain
 //! `fn() -> Result<()>`, registered in `CASES` in main.rs.
 
+pub mod abuse;
+pub mod client_actions;
+pub mod differential;
 pub mod lio;
 pub mod nested;
+pub mod perf;
 
 use prhelper_lab::{ensure, Result};
 
