@@ -148,6 +148,50 @@ struct Shared {
     /// Set by a worker that woke up as the last one waiting; wakes the supervisor.
     starved: AtomicBool,
     nudge: (Mutex<()>, Condvar),
+    /// Every worker's batch, so the supervisor can hand back events held by a worker
+    /// whose current command is stuck.
+    slots: Mutex<Vec<Arc<WorkerSlot>>>,
+    epoch: Instant,
+}
+
+/// Events a worker took from epoll in one call and has not started yet.
+const BATCH: usize = 16;
+
+/// A worker's claim on events it has taken but not started, and when its current device
+/// command started (0: not in one). Whoever pops a token from `queue` owns that event.
+struct WorkerSlot {
+    queue: Mutex<(usize, usize, [u64; BATCH])>,
+    busy_since_us: std::sync::atomic::AtomicU64,
+}
+
+impl WorkerSlot {
+    fn pop(&self) -> Option<u64> {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let (head, len) = (q.0, q.1);
+        if head < len {
+            q.0 += 1;
+            Some(q.2[head])
+        } else {
+            None
+        }
+    }
+
+    fn fill(&self, events: &[EpollEvent]) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        for (t, e) in q.2.iter_mut().zip(events) {
+            *t = e.data();
+        }
+        q.0 = 0;
+        q.1 = events.len();
+    }
+
+    /// Take every event not started yet.
+    fn steal(&self) -> Vec<u64> {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let (head, len, toks) = *q;
+        q.0 = len;
+        toks[head..len].to_vec()
+    }
 }
 
 /// A running server.
@@ -209,6 +253,8 @@ impl Server {
             stopped: (Mutex::new(false), Condvar::new()),
             starved: AtomicBool::new(false),
             nudge: (Mutex::new(()), Condvar::new()),
+            slots: Mutex::new(Vec::new()),
+            epoch: Instant::now(),
         });
         Ok(Server { shared })
     }
@@ -271,14 +317,25 @@ fn spawn_worker(shared: &Arc<Shared>) -> io::Result<()> {
 struct Scratch {
     read: Box<[u8]>,
     data: Box<[u8]>,
+    slot: Arc<WorkerSlot>,
 }
 
 fn worker(shared: Arc<Shared>) {
+    let slot = Arc::new(WorkerSlot {
+        queue: Mutex::new((0, 0, [0; BATCH])),
+        busy_since_us: std::sync::atomic::AtomicU64::new(0),
+    });
+    shared
+        .slots
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Arc::clone(&slot));
     let mut scratch = Scratch {
         read: vec![0; MAX_DATA].into_boxed_slice(),
         data: vec![0; MAX_DATA].into_boxed_slice(),
+        slot,
     };
-    let mut events = [EpollEvent::empty(); 1];
+    let mut events = [EpollEvent::empty(); BATCH];
     let stats = &shared.stats;
     loop {
         stats.idle.fetch_add(1, Ordering::SeqCst);
@@ -299,6 +356,12 @@ fn worker(shared: Arc<Shared>) {
         if n == 0 {
             // Nothing for 10 s: retire if there are more spares than needed.
             if idle >= shared.cfg.min_spare && retire(stats, shared.cfg.min_spare) {
+                let me = &scratch.slot;
+                shared
+                    .slots
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .retain(|s| !Arc::ptr_eq(s, me));
                 return;
             }
             continue;
@@ -310,37 +373,115 @@ fn worker(shared: Arc<Shared>) {
             let _guard = shared.nudge.0.lock().unwrap_or_else(|e| e.into_inner());
             shared.nudge.1.notify_one();
         }
-        match events[0].data() {
-            LISTENER => accept_all(&shared),
-            SIGNALS => request_stop(&shared),
-            token => serve(&shared, (token - FIRST_SESSION) as usize, &mut scratch),
+        // Serve the whole batch in order. Events not started yet stay claimable by the
+        // supervisor, which hands them back to epoll if this worker gets stuck.
+        scratch.slot.fill(&events[..n]);
+        while let Some(token) = scratch.slot.pop() {
+            match token {
+                LISTENER => accept_all(&shared),
+                SIGNALS => request_stop(&shared),
+                token => serve(&shared, (token - FIRST_SESSION) as usize, &mut scratch),
+            }
         }
     }
 }
 
-/// Grows the pool: woken when no worker is left waiting, it checks every millisecond
-/// and starts a worker for as long as that stays so. Quick commands on a loaded machine
-/// rarely keep every worker busy that long, so the pool stays near the number of CPUs;
-/// commands stuck on a hung device do, and each gets a replacement. (Starting a thread
-/// on every momentary shortage instead made the pool churn and cost throughput.)
-/// Surplus workers retire after 10 s without work.
-fn supervise(shared: Arc<Shared>) {
-    let stats = &shared.stats;
-    loop {
+/// Re-arm an event a stuck worker had taken but not started, so another worker gets it.
+fn hand_back(shared: &Shared, token: u64) {
+    let ev = |flags| EpollEvent::new(flags | EpollFlags::EPOLLONESHOT, token);
+    let r = match token {
+        LISTENER => match shared
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
         {
-            let mut g = shared.nudge.0.lock().unwrap_or_else(|e| e.into_inner());
-            while !shared.starved.load(Ordering::SeqCst) {
-                g = shared
-                    .nudge
-                    .1
-                    .wait_timeout(g, Duration::from_secs(1))
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
+            Some(l) => shared.epoll.modify(l, &mut ev(EpollFlags::EPOLLIN)),
+            None => Ok(()),
+        },
+        SIGNALS => shared
+            .epoll
+            .modify(&shared.signals, &mut ev(EpollFlags::EPOLLIN)),
+        t => {
+            let slab = shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            match slab.slots.get((t - FIRST_SESSION) as usize) {
+                Some(Slot::Idle(s)) => {
+                    let flags = if s.pending.is_some() {
+                        EpollFlags::EPOLLOUT
+                    } else {
+                        EpollFlags::EPOLLIN
+                    };
+                    shared.epoll.modify(&s.stream, &mut ev(flags))
+                }
+                _ => Ok(()),
             }
         }
-        std::thread::sleep(Duration::from_millis(1));
+    };
+    if let Err(e) = r {
+        warn!("cannot hand back an event: {e}");
+    }
+}
+
+/// Microseconds since the server started (never 0).
+fn now_us(shared: &Shared) -> u64 {
+    shared.epoch.elapsed().as_micros() as u64 + 1
+}
+
+/// How long a device command may run before the events its worker still holds are
+/// handed to other workers, and before a missing spare worker is replaced.
+const STUCK_AFTER: Duration = Duration::from_millis(2);
+
+/// The pool's supervisor. While there is work it wakes every millisecond and
+/// - hands back the not-yet-started events of any worker whose current command has run
+///   for more than [`STUCK_AFTER`] (so a hung device delays nobody else), and
+/// - starts a worker when none has been left waiting (up to `max_threads`).
+///
+/// Quick commands on a loaded machine rarely keep every worker busy that long, so the
+/// pool stays near the number of CPUs; commands stuck on a hung device do, and each gets
+/// a replacement. (Starting a thread on every momentary shortage made the pool churn and
+/// cost throughput.) Surplus workers retire after 10 s without work. With no work the
+/// supervisor sleeps (100 ms at a time, or until a worker finds no spare left).
+fn supervise(shared: Arc<Shared>) {
+    let stats = &shared.stats;
+    let mut last_commands = usize::MAX;
+    loop {
+        let commands = stats.commands.load(Ordering::Relaxed);
+        let busy = stats.busy.load(Ordering::SeqCst) > 0;
+        let active = busy || commands != last_commands || shared.starved.load(Ordering::SeqCst);
+        last_commands = commands;
+        if active {
+            std::thread::sleep(Duration::from_millis(1));
+        } else {
+            let g = shared.nudge.0.lock().unwrap_or_else(|e| e.into_inner());
+            if !shared.starved.load(Ordering::SeqCst) {
+                let _ = shared.nudge.1.wait_timeout(g, Duration::from_millis(100));
+            }
+            continue;
+        }
+        // Hand back events held by stuck workers.
+        let now = now_us(&shared);
+        let stuck: Vec<Arc<WorkerSlot>> = shared
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|w| {
+                let since = w.busy_since_us.load(Ordering::SeqCst);
+                since != 0 && now.saturating_sub(since) > STUCK_AFTER.as_micros() as u64
+            })
+            .cloned()
+            .collect();
+        for w in stuck {
+            for token in w.steal() {
+                hand_back(&shared, token);
+            }
+        }
+        // Replace missing spares.
         if stats.idle.load(Ordering::SeqCst) > 0 {
             shared.starved.store(false, Ordering::SeqCst);
+            continue;
+        }
+        if !shared.starved.load(Ordering::SeqCst) {
             continue;
         }
         if stats.threads.load(Ordering::SeqCst) < shared.cfg.max_threads {
@@ -557,7 +698,7 @@ fn read_and_execute(shared: &Shared, s: &mut Session, scratch: &mut Scratch) -> 
         }
         match s.conn.feed(&scratch.read[..r.len], r.fds) {
             Ok(None) => continue,
-            Ok(Some(req)) => return execute(shared, s, req, &mut scratch.data),
+            Ok(Some(req)) => return execute(shared, s, req, &mut scratch.data, &scratch.slot),
             Err(e) => {
                 client_error(s, &e);
                 return Next::Close;
@@ -566,9 +707,17 @@ fn read_and_execute(shared: &Shared, s: &mut Session, scratch: &mut Scratch) -> 
     }
 }
 
-fn execute(shared: &Shared, s: &mut Session, req: Request<OwnedFd>, data: &mut [u8]) -> Next {
+fn execute(
+    shared: &Shared,
+    s: &mut Session,
+    req: Request<OwnedFd>,
+    data: &mut [u8],
+    slot: &WorkerSlot,
+) -> Next {
     let start = Instant::now();
+    slot.busy_since_us.store(now_us(shared), Ordering::SeqCst);
     let outcome = handler::execute(shared.backend.as_ref(), &req, data);
+    slot.busy_since_us.store(0, Ordering::SeqCst);
     let reply = match &req.kind {
         RequestKind::PrIn { alloc } => {
             Reply::pr_in(outcome.status, &outcome.sense, &data[..outcome.len], *alloc)
