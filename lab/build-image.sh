@@ -31,7 +31,7 @@ MODULES=(
 NESTED_MODULES=(virtio_pci 9pnet_virtio 9p sd_mod sg virtio_scsi)
 
 # --- 1. Host packages -------------------------------------------------------
-PACKAGES=(qemu-system-x86 qemu-system-common busybox-static cpio kmod sg3-utils)
+PACKAGES=(qemu-system-x86 qemu-system-common busybox-static cpio kmod sg3-utils dmsetup)
 missing=()
 for p in "${PACKAGES[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then

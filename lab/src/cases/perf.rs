@@ -210,6 +210,7 @@ fn closed_loop(
     op: Op,
     dev: &Path,
     clients: usize,
+    pin: Option<usize>,
     warmup: Duration,
     dur: Duration,
 ) -> Result<Sample> {
@@ -220,7 +221,9 @@ fn closed_loop(
         for i in 0..clients {
             let (barrier, lat, errors) = (&barrier, &lat, &errors);
             s.spawn(move || {
-                let worker = Worker::new(via, dev, 0x1000 + i as u64);
+                let worker = set_affinity(0, pin)
+                    .map_err(|e| format!("pin: {e}"))
+                    .and_then(|()| Worker::new(via, dev, 0x1000 + i as u64));
                 barrier.wait();
                 let mut w = match worker {
                     Ok(w) => w,
@@ -254,6 +257,40 @@ fn closed_loop(
         rps: lat.len() as f64 / dur.as_secs_f64(),
         lat,
     })
+}
+
+/// Pin every thread of process `pid` to `cpu`, or let them run anywhere
+/// (`None`). Threads it starts later inherit their creator's mask.
+fn pin_process(pid: u32, cpu: Option<usize>) -> Result<()> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map_err(|e| format!("/proc/{pid}/task: {e}"))?;
+    for t in tasks.flatten() {
+        let Ok(tid) = t.file_name().to_string_lossy().parse::<libc::pid_t>() else {
+            continue;
+        };
+        set_affinity(tid, cpu).map_err(|e| format!("sched_setaffinity({tid}): {e}"))?;
+    }
+    Ok(())
+}
+
+/// sched_setaffinity(2) on `tid` (0: the calling thread).
+fn set_affinity(tid: libc::pid_t, cpu: Option<usize>) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET write within it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for c in 0..cpus {
+        if cpu.map_or(true, |p| p == c) {
+            // SAFETY: c < CPU_SETSIZE for any CPU count this VM has.
+            unsafe { libc::CPU_SET(c, &mut set) };
+        }
+    }
+    // SAFETY: a valid cpu_set_t of the size given.
+    let rc = unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn us(d: Duration) -> f64 {
@@ -291,7 +328,7 @@ pub fn perf_real_device() -> Result<()> {
     let _ = writeln!(
         out,
         "{ROUNDS} interleaved rounds (direct, C, prh) of {dur:?} after {warmup:?}; \
-         each figure is the median of per-round ratios"
+         each figure is the median of per-round ratios; cl 1p = 1 client, everything on CPU 0"
     );
     let _ = writeln!(
         out,
@@ -308,13 +345,20 @@ pub fn perf_real_device() -> Result<()> {
         "", "", "prh/C", "prh/dir", "C/dir", "prh/C", "prh/dir", "C/dir", "prh/C", "dir/C/prh"
     );
     for op in [Op::ReadKeys, Op::RegisterPair] {
-        for clients in [1, 8] {
+        for (clients, pinned) in [(1, true), (1, false), (8, false)] {
+            // "1 pinned": both helpers, all their threads, and the client on
+            // CPU 0, as in the host benchmark (a cross-CPU wake-up of a
+            // halted vCPU dominates a 1-client round trip otherwise).
+            let pin = pinned.then_some(0);
+            for h in [&c, &p] {
+                pin_process(h.pid(), pin)?;
+            }
             // samples[v][round]
             let mut rps = [[f64::NAN; ROUNDS]; 3];
             let mut p50 = [[f64::NAN; ROUNDS]; 3];
             for round in 0..ROUNDS {
                 for (v, (_, via)) in vias.iter().enumerate() {
-                    let s = closed_loop(*via, op, &disk, clients, warmup, dur)?;
+                    let s = closed_loop(*via, op, &disk, clients, pin, warmup, dur)?;
                     rps[v][round] = s.rps;
                     p50[v][round] = us(s.lat.percentile(50.0));
                 }
@@ -327,11 +371,23 @@ pub fn perf_real_device() -> Result<()> {
                     .map(|r| (p50[2][r] - p50[0][r]) / (p50[1][r] - p50[0][r]))
                     .collect::<Vec<_>>(),
             );
+            let mode = format!("{clients}{}", if pinned { "p" } else { "" });
+            // Absolute figures (TCG: for diagnosis only, not for the report).
+            println!(
+                "perf_real_device: {} x{mode}: median req/s direct/C/prh {:.0}/{:.0}/{:.0}, p50 us {:.0}/{:.0}/{:.0}",
+                op.name(),
+                median(&rps[0]),
+                median(&rps[1]),
+                median(&rps[2]),
+                median(&p50[0]),
+                median(&p50[1]),
+                median(&p50[2]),
+            );
             let _ = writeln!(
                 out,
                 "{:<16} {:>3} | {:>9.2} {:>9.2} {:>9.2} | {:>9.2} {:>9.2} {:>9.2} | {:>11.2} | {:>4.0}/{:>4.0}/{:>4.0}",
                 op.name(),
-                clients,
+                mode,
                 ratio(&rps, 2, 1),
                 ratio(&rps, 2, 0),
                 ratio(&rps, 1, 0),
