@@ -36,7 +36,13 @@ pub fn start_prhelper(socket: &Path, extra: &[&str]) -> Result<Helper> {
 
 /// Append the helper's log to an error message (for `map_err`).
 pub fn with_log(helper: &Helper) -> impl Fn(String) -> String + '_ {
-    move |e| format!("{e}\n  {} log:\n{}", helper_name(helper), indent(&helper.log_text()))
+    move |e| {
+        format!(
+            "{e}\n  {} log:\n{}",
+            helper_name(helper),
+            indent(&helper.log_text())
+        )
+    }
 }
 
 fn helper_name(helper: &Helper) -> String {
@@ -93,12 +99,7 @@ pub fn fd_list(pid: u32) -> String {
 }
 
 /// A PR IN request.
-pub fn pr_in(
-    c: &mut Client,
-    dev: &File,
-    action: PrInAction,
-    alloc_len: u16,
-) -> Result<Response> {
+pub fn pr_in(c: &mut Client, dev: &File, action: PrInAction, alloc_len: u16) -> Result<Response> {
     c.execute(
         dev.as_fd(),
         &cdb::pr_in(action, alloc_len),
@@ -143,16 +144,20 @@ pub fn sas_tid(initiator: &str) -> Result<TransportId> {
 /// Status and sense code of a reply, e.g. "CHECK CONDITION 05/20/00", "GOOD".
 pub fn outcome(r: &Response) -> String {
     match r.sense.code() {
-        Some(c) if r.status == Status::CHECK_CONDITION => format!(
-            "{} {:02x}/{:02x}/{:02x}",
-            r.status, c.key, c.asc, c.ascq
-        ),
+        Some(c) if r.status == Status::CHECK_CONDITION => {
+            format!("{} {:02x}/{:02x}/{:02x}", r.status, c.key, c.asc, c.ascq)
+        }
         _ => r.status.to_string(),
     }
 }
 
 /// Fail unless the reply has `status` (and, for CHECK CONDITION, `sense`).
-pub fn expect_reply(what: &str, r: &Response, status: Status, sense: Option<SenseCode>) -> Result<()> {
+pub fn expect_reply(
+    what: &str,
+    r: &Response,
+    status: Status,
+    sense: Option<SenseCode>,
+) -> Result<()> {
     let ok = r.status == status && (sense.is_none() || r.sense.code() == sense);
     if !ok {
         let want = match sense {

@@ -65,7 +65,13 @@ fn cdb16(cdb: &[u8]) -> [u8; 16] {
 
 /// Send `cdb` (padded to 16) with `fds`, then `extra`; the helper must close
 /// the connection without replying.
-fn expect_closed(sock: &Path, what: &str, cdb: &[u8], fds: &[BorrowedFd<'_>], extra: &[u8]) -> Result<()> {
+fn expect_closed(
+    sock: &Path,
+    what: &str,
+    cdb: &[u8],
+    fds: &[BorrowedFd<'_>],
+    extra: &[u8],
+) -> Result<()> {
     let mut c = raw(sock)?;
     c.send_all_with_fds(&cdb16(cdb), fds)
         .map_err(|e| format!("{what}: send: {e}"))?;
@@ -101,7 +107,13 @@ fn run(helper: &Helper, healthy: &SharedLun, victim: SharedLun, scratch: &Path) 
     let h_fd = open_rw(h_disk)?;
     let mut setup = prh::connect(sock)?;
     setup
-        .pr_out(h_fd.as_fd(), PrOutAction::Register, 0, 0, &keys(0, HEALTHY_KEY).encode())
+        .pr_out(
+            h_fd.as_fd(),
+            PrOutAction::Register,
+            0,
+            0,
+            &keys(0, HEALTHY_KEY).encode(),
+        )
         .map_err(|e| format!("REGISTER on the healthy LUN: {e}"))?;
     drop(setup);
     // Everything below must leave the daemon with as many fds as now.
@@ -147,11 +159,21 @@ fn run(helper: &Helper, healthy: &SharedLun, victim: SharedLun, scratch: &Path) 
     // Every connection is closed now (the watcher's with its thread); allow
     // the server a moment to notice.
     let want = baseline;
-    let got = wait_for("prhelper's fd count to settle", Duration::from_secs(10), || {
-        let n = prh::fd_count(pid)?;
-        Ok((n == want).then_some(n))
-    })
-    .map_err(|e| format!("{e}: {} fds, expected {want}: {}", prh::fd_count(pid).unwrap_or(0), prh::fd_list(pid)))?;
+    let got = wait_for(
+        "prhelper's fd count to settle",
+        Duration::from_secs(10),
+        || {
+            let n = prh::fd_count(pid)?;
+            Ok((n == want).then_some(n))
+        },
+    )
+    .map_err(|e| {
+        format!(
+            "{e}: {} fds, expected {want}: {}",
+            prh::fd_count(pid).unwrap_or(0),
+            prh::fd_list(pid)
+        )
+    })?;
     println!("  abuse: prhelper's fd count back to {got}");
     Ok(())
 }
@@ -169,8 +191,20 @@ fn abuses(sock: &Path, h_fd: &File, victim: SharedLun, scratch: &Path) -> Result
     expect_closed(sock, "INQUIRY opcode", &[0x12, 0, 0, 0, 96, 0], &[fd], &[])?;
     expect_closed(sock, "TEST UNIT READY opcode", &[0; 6], &[fd], &[])?;
     healthy_check(sock, h_fd, "wrong opcodes")?;
-    expect_closed(sock, "PR IN allocation length 8193", &cdb::pr_in(PrInAction::ReadKeys, 8193), &[fd], &[])?;
-    expect_closed(sock, "PR IN allocation length 65535", &cdb::pr_in(PrInAction::ReadKeys, 0xffff), &[fd], &[])?;
+    expect_closed(
+        sock,
+        "PR IN allocation length 8193",
+        &cdb::pr_in(PrInAction::ReadKeys, 8193),
+        &[fd],
+        &[],
+    )?;
+    expect_closed(
+        sock,
+        "PR IN allocation length 65535",
+        &cdb::pr_in(PrInAction::ReadKeys, 0xffff),
+        &[fd],
+        &[],
+    )?;
     expect_closed(
         sock,
         "PR OUT parameter list length 8193",
@@ -190,16 +224,19 @@ fn abuses(sock: &Path, h_fd: &File, victim: SharedLun, scratch: &Path) -> Result
     }
     {
         let mut c = raw(sock)?;
-        c.send_all_with_fds(&read_keys[..5], &[fd]).map_err(|e| e.to_string())?;
+        c.send_all_with_fds(&read_keys[..5], &[fd])
+            .map_err(|e| e.to_string())?;
     }
     {
         let mut c = raw(sock)?;
-        c.send_all_with_fds(&cdb16(&register24), &[fd]).map_err(|e| e.to_string())?;
+        c.send_all_with_fds(&cdb16(&register24), &[fd])
+            .map_err(|e| e.to_string())?;
         c.send_all(&[0; 10]).map_err(|e| e.to_string())?;
     }
     {
         let mut c = raw(sock)?;
-        c.send_all_with_fds(&cdb16(&read_keys), &[fd]).map_err(|e| e.to_string())?;
+        c.send_all_with_fds(&cdb16(&read_keys), &[fd])
+            .map_err(|e| e.to_string())?;
     }
     healthy_check(sock, h_fd, "disconnects mid-request")?;
 
@@ -207,19 +244,44 @@ fn abuses(sock: &Path, h_fd: &File, victim: SharedLun, scratch: &Path) -> Result
     let mut c = prh::connect(sock)?;
     let ro = open_ro(&victim.device(0).disk)?;
     let r = prh::pr_out(&mut c, &ro, PrOutAction::Register, 0, &keys(0, 0x99))?;
-    expect_reply("PR OUT on a read-only fd", &r, Status::CHECK_CONDITION, Some(SenseCode::INVALID_OPCODE))?;
+    expect_reply(
+        "PR OUT on a read-only fd",
+        &r,
+        Status::CHECK_CONDITION,
+        Some(SenseCode::INVALID_OPCODE),
+    )?;
     let file_path = scratch.join("regular-file");
     std::fs::write(&file_path, [0u8; 4096]).map_err(|e| e.to_string())?;
     let file = open_rw(&file_path)?;
     let r = prh::pr_in(&mut c, &file, PrInAction::ReadKeys, 8192)?;
-    expect_reply("PR IN on a regular file", &r, Status::CHECK_CONDITION, Some(SenseCode::IO_ERROR))?;
+    expect_reply(
+        "PR IN on a regular file",
+        &r,
+        Status::CHECK_CONDITION,
+        Some(SenseCode::IO_ERROR),
+    )?;
     let r = prh::pr_out(&mut c, &file, PrOutAction::Register, 0, &keys(0, 0x99))?;
-    expect_reply("PR OUT on a regular file", &r, Status::CHECK_CONDITION, Some(SenseCode::IO_ERROR))?;
+    expect_reply(
+        "PR OUT on a regular file",
+        &r,
+        Status::CHECK_CONDITION,
+        Some(SenseCode::IO_ERROR),
+    )?;
     let null = open_rw(Path::new("/dev/null"))?;
     let r = prh::pr_in(&mut c, &null, PrInAction::ReadKeys, 8192)?;
-    expect_reply("PR IN on /dev/null", &r, Status::CHECK_CONDITION, Some(SenseCode::IO_ERROR))?;
+    expect_reply(
+        "PR IN on /dev/null",
+        &r,
+        Status::CHECK_CONDITION,
+        Some(SenseCode::IO_ERROR),
+    )?;
     let r = prh::pr_in(&mut c, h_fd, PrInAction::ReadKeys, 8192)?;
-    expect_reply("PR IN on the healthy LUN, same connection", &r, Status::GOOD, None)?;
+    expect_reply(
+        "PR IN on the healthy LUN, same connection",
+        &r,
+        Status::GOOD,
+        None,
+    )?;
     healthy_check(sock, h_fd, "non-device fds")?;
 
     // The victim LUN: offline, back, then removed while we hold its fd.
@@ -244,7 +306,10 @@ fn abuses(sock: &Path, h_fd: &File, victim: SharedLun, scratch: &Path) -> Result
         "direct SG_IO on the offline leg: expected status GOOD with host status DID_TRANSPORT_DISRUPTED (0x0e), got {:?}",
         direct.outcome
     );
-    println!("  abuse: direct SG_IO on the offline leg: {:?}", direct.outcome);
+    println!(
+        "  abuse: direct SG_IO on the offline leg: {:?}",
+        direct.outcome
+    );
     let r = prh::pr_in(&mut c, &v_fd, PrInAction::ReadKeys, 8192)?;
     expect_reply(
         "PR IN through prhelper on the offline leg",
@@ -270,15 +335,24 @@ fn abuses(sock: &Path, h_fd: &File, victim: SharedLun, scratch: &Path) -> Result
             break prhelper::scsi::prin::ReadKeys::decode(&r.data).map_err(|e| e.to_string())?;
         }
         ensure!(
-            r.status == Status::CHECK_CONDITION && r.sense.code().is_some_and(|s| s.key == 6) && seen.len() < 4,
+            r.status == Status::CHECK_CONDITION
+                && r.sense.code().is_some_and(|s| s.key == 6)
+                && seen.len() < 4,
             "PR IN on the leg back online: {seen:?}"
         );
     };
     println!("  abuse: leg back online: {seen:?}");
-    ensure!(keys_back.keys == [0x77], "victim keys after the leg came back: {:x?}", keys_back.keys);
+    ensure!(
+        keys_back.keys == [0x77],
+        "victim keys after the leg came back: {:x?}",
+        keys_back.keys
+    );
 
     // Now the LUN goes away for good, fd still open.
-    let SharedLun { mut targets, backstore } = victim;
+    let SharedLun {
+        mut targets,
+        backstore,
+    } = victim;
     targets.pop().unwrap().remove()?;
     let r = prh::pr_in(&mut c, &v_fd, PrInAction::ReadKeys, 8192)?;
     println!("  abuse: PR IN on the removed LUN: {}", outcome(&r));
@@ -286,10 +360,18 @@ fn abuses(sock: &Path, h_fd: &File, victim: SharedLun, scratch: &Path) -> Result
     healthy_check(sock, h_fd, "LUN removed")?;
     backstore.remove()?;
     let r = prh::pr_out(&mut c, &v_fd, PrOutAction::Register, 0, &keys(0x77, 0))?;
-    println!("  abuse: PR OUT after the backstore went too: {}", outcome(&r));
+    println!(
+        "  abuse: PR OUT after the backstore went too: {}",
+        outcome(&r)
+    );
     ensure!(!r.is_good(), "PR OUT on a removed LUN returned GOOD");
     let r = prh::pr_in(&mut c, h_fd, PrInAction::ReadKeys, 8192)?;
-    expect_reply("healthy LUN on the same connection at the end", &r, Status::GOOD, None)?;
+    expect_reply(
+        "healthy LUN on the same connection at the end",
+        &r,
+        Status::GOOD,
+        None,
+    )?;
     healthy_check(sock, h_fd, "backstore removed")?;
     Ok(())
 }

@@ -80,11 +80,20 @@ impl Ctx {
     /// under TCG: the full comparison is kept for a few steps.)
     fn compare_views(&self, step: &str, full: bool) -> Result<()> {
         let actions: &[&str] = if full {
-            &["--read-keys", "--read-reservation", "--read-full-status", "--report-capabilities"]
+            &[
+                "--read-keys",
+                "--read-reservation",
+                "--read-full-status",
+                "--report-capabilities",
+            ]
         } else {
             &["--read-keys", "--read-reservation", "--read-full-status"]
         };
-        let hexes: &[Option<&str>] = if full { &[None, Some("-H"), Some("-HH")] } else { &[None] };
+        let hexes: &[Option<&str>] = if full {
+            &[None, Some("-H"), Some("-HH")]
+        } else {
+            &[None]
+        };
         for &action in actions {
             for &hex in hexes {
                 let mut args = vec!["-n", "--in", action];
@@ -194,7 +203,11 @@ fn run(lun: &SharedLun, helper: &Helper, scratch: &Path) -> Result<()> {
     let mut x = Ctx {
         sock: helper.socket().to_path_buf(),
         scratch: scratch.to_path_buf(),
-        disk: [dev(A).disk.clone(), dev(B).disk.clone(), dev(C).disk.clone()],
+        disk: [
+            dev(A).disk.clone(),
+            dev(B).disk.clone(),
+            dev(C).disk.clone(),
+        ],
         sgn: [dev(A).sg.clone(), dev(B).sg.clone(), dev(C).sg.clone()],
         wwn: [0, 1, 2].map(|i| lun.targets[i].initiator().to_string()),
         client: prh::connect(helper.socket())?,
@@ -208,9 +221,15 @@ fn run(lun: &SharedLun, helper: &Helper, scratch: &Path) -> Result<()> {
         .report_capabilities(x.a_fd.as_fd())
         .map_err(|e| e.to_string())?;
     for t in [1, 3, 5, 6, 7, 8] {
-        ensure!(caps.supports(t), "REPORT CAPABILITIES lacks type {t}: {caps:?}");
+        ensure!(
+            caps.supports(t),
+            "REPORT CAPABILITIES lacks type {t}: {caps:?}"
+        );
     }
-    ensure!(caps.sip_c && caps.atp_c && caps.ptpl_c && !caps.ptpl_a, "capabilities {caps:?}");
+    ensure!(
+        caps.sip_c && caps.atp_c && caps.ptpl_c && !caps.ptpl_a,
+        "capabilities {caps:?}"
+    );
     x.expect_state_full("empty LU", &[], None, true)?;
 
     // REGISTER (A) and REGISTER AND IGNORE EXISTING KEY (B).
@@ -218,7 +237,11 @@ fn run(lun: &SharedLun, helper: &Helper, scratch: &Path) -> Result<()> {
     x.out(B, &["-I", "-S", &kb], 0)?;
     x.expect_state("after REGISTER A, REGISTER AND IGNORE B", &[KA, KB], None)?;
     // Wrong key: REGISTER with a reservation key that is not A's.
-    x.out(A, &["-G", "-K", "0x99", "-S", "0x1"], EXIT_RESERVATION_CONFLICT)?;
+    x.out(
+        A,
+        &["-G", "-K", "0x99", "-S", "0x1"],
+        EXIT_RESERVATION_CONFLICT,
+    )?;
     // REGISTER AND IGNORE replaces A's key whatever it is; then back.
     x.out(A, &["-I", "-S", "0xa2"], 0)?;
     x.expect_state("after REGISTER AND IGNORE A 0xa2", &[0xa2, KB], None)?;
@@ -236,17 +259,36 @@ fn run(lun: &SharedLun, helper: &Helper, scratch: &Path) -> Result<()> {
         // An all-registrants reservation has no single holder: READ
         // RESERVATION reports key 0 (SPC-4 5.14.10).
         let holder = if all_registrants { 0 } else { KA };
-        x.expect_state(&format!("{step}: after RESERVE by A"), &[KA, KB], Some((holder, t)))?;
+        x.expect_state(
+            &format!("{step}: after RESERVE by A"),
+            &[KA, KB],
+            Some((holder, t)),
+        )?;
         // B: RESERVE of the same type; of another type; wrong key.
-        let want = if all_registrants { 0 } else { EXIT_RESERVATION_CONFLICT };
+        let want = if all_registrants {
+            0
+        } else {
+            EXIT_RESERVATION_CONFLICT
+        };
         x.out(B, &["-R", "-K", &kb, "-T", &ts], want)?;
         let other = if t == 1 { "3" } else { "1" };
-        x.out(B, &["-R", "-K", &kb, "-T", other], EXIT_RESERVATION_CONFLICT)?;
-        x.out(B, &["-R", "-K", "0x77", "-T", &ts], EXIT_RESERVATION_CONFLICT)?;
+        x.out(
+            B,
+            &["-R", "-K", &kb, "-T", other],
+            EXIT_RESERVATION_CONFLICT,
+        )?;
+        x.out(
+            B,
+            &["-R", "-K", "0x77", "-T", &ts],
+            EXIT_RESERVATION_CONFLICT,
+        )?;
         // I/O fencing, directly on the devices.
         let exclusive_access = matches!(t, 3 | 6 | 8);
         let registrants_ok = t >= 5;
-        ensure!(x.write_conflicts(C)?, "{step}: WRITE from unregistered C went through");
+        ensure!(
+            x.write_conflicts(C)?,
+            "{step}: WRITE from unregistered C went through"
+        );
         ensure!(
             x.read_conflicts(C)? == exclusive_access,
             "{step}: READ from unregistered C: conflict should be {exclusive_access}"
@@ -256,16 +298,31 @@ fn run(lun: &SharedLun, helper: &Helper, scratch: &Path) -> Result<()> {
             "{step}: WRITE from registered B: conflict should be {}",
             !registrants_ok
         );
-        ensure!(!x.write_conflicts(A)?, "{step}: WRITE from holder A conflicted");
+        ensure!(
+            !x.write_conflicts(A)?,
+            "{step}: WRITE from holder A conflicted"
+        );
         // RELEASE: by non-holder B (no effect, GOOD) unless B is a holder
         // too; A with the wrong type (SPC-4 says ILLEGAL REQUEST 26/04; LIO
         // on 6.1 answers RESERVATION CONFLICT, and logs so); wrong key.
         if !all_registrants {
             x.out(B, &["-L", "-K", &kb, "-T", &ts], 0)?;
-            x.expect_state(&format!("{step}: after RELEASE by non-holder B"), &[KA, KB], Some((holder, t)))?;
+            x.expect_state(
+                &format!("{step}: after RELEASE by non-holder B"),
+                &[KA, KB],
+                Some((holder, t)),
+            )?;
         }
-        x.out(A, &["-L", "-K", &ka, "-T", other], EXIT_RESERVATION_CONFLICT)?;
-        x.out(A, &["-L", "-K", "0x77", "-T", &ts], EXIT_RESERVATION_CONFLICT)?;
+        x.out(
+            A,
+            &["-L", "-K", &ka, "-T", other],
+            EXIT_RESERVATION_CONFLICT,
+        )?;
+        x.out(
+            A,
+            &["-L", "-K", "0x77", "-T", &ts],
+            EXIT_RESERVATION_CONFLICT,
+        )?;
         x.out(A, &["-L", "-K", &ka, "-T", &ts], 0)?;
         // Releasing a registrants-only / all-registrants reservation tells
         // the other registrants (UNIT ATTENTION 2a/04).
@@ -278,21 +335,40 @@ fn run(lun: &SharedLun, helper: &Helper, scratch: &Path) -> Result<()> {
     // PREEMPT: B takes A's Write Exclusive reservation, A's key goes; A gets
     // a unit attention. A wrong key conflicts.
     x.out(A, &["-R", "-K", &ka, "-T", "1"], 0)?;
-    x.out(B, &["-P", "-K", "0x77", "-S", &ka, "-T", "1"], EXIT_RESERVATION_CONFLICT)?;
+    x.out(
+        B,
+        &["-P", "-K", "0x77", "-S", &ka, "-T", "1"],
+        EXIT_RESERVATION_CONFLICT,
+    )?;
     x.out(B, &["-P", "-K", &kb, "-S", &ka, "-T", "1"], 0)?;
     // (The unit attention is per I_T nexus: the CLI took it, so the
     // library connection on A's device does not see it.)
     x.expect_ua(A, "A after being preempted")?;
     x.expect_state("after PREEMPT by B", &[KB], Some((KB, 1)))?;
-    ensure!(x.write_conflicts(A)?, "A's WRITE went through B's reservation");
+    ensure!(
+        x.write_conflicts(A)?,
+        "A's WRITE went through B's reservation"
+    );
 
     // PREEMPT AND ABORT: only its rejection paths (an accepted one can
     // deadlock LIO on this kernel, see lab-facts): wrong key, and from an
     // unregistered initiator.
     x.out(A, &["-G", "-S", &ka], 0)?;
-    x.out(A, &["-A", "-K", "0x55", "-S", &kb, "-T", "1"], EXIT_RESERVATION_CONFLICT)?;
-    x.out(C, &["-A", "-K", "0x55", "-S", &kb, "-T", "1"], EXIT_RESERVATION_CONFLICT)?;
-    x.expect_state("after rejected PREEMPT AND ABORTs", &[KA, KB], Some((KB, 1)))?;
+    x.out(
+        A,
+        &["-A", "-K", "0x55", "-S", &kb, "-T", "1"],
+        EXIT_RESERVATION_CONFLICT,
+    )?;
+    x.out(
+        C,
+        &["-A", "-K", "0x55", "-S", &kb, "-T", "1"],
+        EXIT_RESERVATION_CONFLICT,
+    )?;
+    x.expect_state(
+        "after rejected PREEMPT AND ABORTs",
+        &[KA, KB],
+        Some((KB, 1)),
+    )?;
 
     // CLEAR: wrong key conflicts; the right one drops everything and the
     // other registrant (A) gets a unit attention.
@@ -314,7 +390,11 @@ fn run(lun: &SharedLun, helper: &Helper, scratch: &Path) -> Result<()> {
         .filter_map(|e| e.ok())
         .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
         .any(|text| text.contains(&x.wwn[A]) && text.contains(&format!("res_key={KA}")));
-    ensure!(aptpl_file, "no APTPL state for A's key under {}", pr_dir.display());
+    ensure!(
+        aptpl_file,
+        "no APTPL state for A's key under {}",
+        pr_dir.display()
+    );
     x.expect_state_full("after REGISTER with APTPL", &[KA], None, true)?;
     x.out(A, &["-C", "-K", &ka], 0)?;
     x.expect_state("after CLEAR of the APTPL registration", &[], None)?;
@@ -335,13 +415,19 @@ fn run(lun: &SharedLun, helper: &Helper, scratch: &Path) -> Result<()> {
     let fs = x.full_status()?;
     let b_sas = prh::sas_tid(&x.wwn[B])?;
     ensure!(
-        fs.descriptors.iter().any(|d| d.key == KA && d.transport_id() == b_sas),
+        fs.descriptors
+            .iter()
+            .any(|d| d.key == KA && d.transport_id() == b_sas),
         "SPEC_I_PT did not register B with A's key: {fs:?}"
     );
     x.expect_state("after SPEC_I_PT registration of A and B", &[KA, KA], None)?;
     // B is registered now: it may reserve with that key.
     x.out(B, &["-R", "-K", &ka, "-T", "1"], 0)?;
-    x.expect_state("after RESERVE by SPEC_I_PT-registered B", &[KA, KA], Some((KA, 1)))?;
+    x.expect_state(
+        "after RESERVE by SPEC_I_PT-registered B",
+        &[KA, KA],
+        Some((KA, 1)),
+    )?;
     x.out(A, &["-C", "-K", &ka], 0)?;
     x.expect_ua(B, "B after CLEAR")?;
 
@@ -360,16 +446,37 @@ fn run(lun: &SharedLun, helper: &Helper, scratch: &Path) -> Result<()> {
     x.out(A, &["-R", "-K", &ka, "-T", "1"], 0)?;
     let rtpi = format!("0x{b_rtpi:x}");
     // Wrong key first.
-    x.out(A, &["-M", "-K", "0x77", "-S", "0xb2", "-Q", &rtpi, "-X", &b_tid], EXIT_RESERVATION_CONFLICT)?;
-    x.out(A, &["-M", "-K", &ka, "-S", "0xb2", "-Q", &rtpi, "-X", &b_tid], 0)?;
-    x.expect_state_full("after REGISTER AND MOVE to B", &[KA, 0xb2], Some((0xb2, 1)), true)?;
+    x.out(
+        A,
+        &["-M", "-K", "0x77", "-S", "0xb2", "-Q", &rtpi, "-X", &b_tid],
+        EXIT_RESERVATION_CONFLICT,
+    )?;
+    x.out(
+        A,
+        &["-M", "-K", &ka, "-S", "0xb2", "-Q", &rtpi, "-X", &b_tid],
+        0,
+    )?;
+    x.expect_state_full(
+        "after REGISTER AND MOVE to B",
+        &[KA, 0xb2],
+        Some((0xb2, 1)),
+        true,
+    )?;
     let fs = x.full_status()?;
     ensure!(
-        fs.descriptors.iter().any(|d| d.key == 0xb2 && d.r_holder && d.transport_id() == b_sas),
+        fs.descriptors
+            .iter()
+            .any(|d| d.key == 0xb2 && d.r_holder && d.transport_id() == b_sas),
         "B should hold the moved reservation: {fs:?}"
     );
-    ensure!(x.write_conflicts(A)?, "A's WRITE went through after moving its reservation");
-    ensure!(!x.write_conflicts(B)?, "B's WRITE conflicted though it holds the reservation");
+    ensure!(
+        x.write_conflicts(A)?,
+        "A's WRITE went through after moving its reservation"
+    );
+    ensure!(
+        !x.write_conflicts(B)?,
+        "B's WRITE conflicted though it holds the reservation"
+    );
     x.out(B, &["-C", "-K", "0xb2"], 0)?;
     x.expect_ua(A, "A after CLEAR")?;
     x.expect_state("end", &[], None)?;

@@ -56,7 +56,10 @@ impl Side {
             open_rw(&targets[1].device().disk)?,
         ];
         let helper = Helper::start(binary, &scratch.join(format!("{name}.sock")), extra)?;
-        let clients = [prh::connect(helper.socket())?, prh::connect(helper.socket())?];
+        let clients = [
+            prh::connect(helper.socket())?,
+            prh::connect(helper.socket())?,
+        ];
         Ok(Side {
             name,
             clients,
@@ -205,7 +208,12 @@ fn scripted(tid: [&TransportId; 2]) -> Vec<Request> {
         v.push(R::pr_out(1, 1, t, basic(2, 0).encode())); // RESERVE B
         v.push(R::pr_out(1, 2, t, basic(2, 0).encode())); // RELEASE B
         v.push(R::pr_in(1, 1, 8192));
-        v.push(R::pr_out(0, 2, if t == 1 { 3 } else { 1 }, basic(1, 0).encode())); // wrong type
+        v.push(R::pr_out(
+            0,
+            2,
+            if t == 1 { 3 } else { 1 },
+            basic(1, 0).encode(),
+        )); // wrong type
         v.push(R::pr_out(0, 2, t, basic(7, 0).encode())); // wrong key
         v.push(R::pr_out(0, 2, t, basic(1, 0).encode())); // RELEASE A
         v.push(R::pr_in(1, 3, 8192));
@@ -220,7 +228,7 @@ fn scripted(tid: [&TransportId; 2]) -> Vec<Request> {
     v.push(R::pr_out(0, 5, 1, basic(7, 2).encode())); // PREEMPT AND ABORT, unregistered
     v.push(R::pr_out(1, 3, 0, basic(7, 0).encode())); // CLEAR, wrong key
     v.push(R::pr_out(1, 3, 0, basic(2, 0).encode())); // CLEAR
-    // APTPL, ALL_TG_PT, SPEC_I_PT.
+                                                      // APTPL, ALL_TG_PT, SPEC_I_PT.
     let flags = |key, aptpl, all_tg_pt, tids: Option<Vec<TransportId>>| {
         BasicParams {
             key: 0,
@@ -237,15 +245,31 @@ fn scripted(tid: [&TransportId; 2]) -> Vec<Request> {
     all_in(&mut v, 1);
     v.push(R::pr_out(0, 3, 0, basic(1, 0).encode()));
     v.push(R::pr_in(1, 0, 8192));
-    v.push(R::pr_out(0, 0, 0, flags(5, false, false, Some(vec![tid[1].clone()]))));
-    v.push(R::pr_out(0, 0, 0, flags(5, false, false, Some(vec![tid[0].clone()])))); // self: error
+    v.push(R::pr_out(
+        0,
+        0,
+        0,
+        flags(5, false, false, Some(vec![tid[1].clone()])),
+    ));
+    v.push(R::pr_out(
+        0,
+        0,
+        0,
+        flags(5, false, false, Some(vec![tid[0].clone()])),
+    )); // self: error
     all_in(&mut v, 1);
     v.push(R::pr_out(0, 3, 0, basic(5, 0).encode()));
     v.push(R::pr_in(1, 0, 8192));
     // REGISTER AND MOVE, right and wrong ports and keys.
     v.push(R::pr_out(0, 0, 0, basic(0, 1).encode()));
     v.push(R::pr_out(0, 1, 1, basic(1, 0).encode()));
-    for (key, rtpi, dest) in [(7u64, 2u16, 1usize), (1, 0, 1), (1, 9, 1), (1, 1, 0), (1, 2, 1)] {
+    for (key, rtpi, dest) in [
+        (7u64, 2u16, 1usize),
+        (1, 0, 1),
+        (1, 9, 1),
+        (1, 1, 0),
+        (1, 2, 1),
+    ] {
         let p = RegisterMoveParams {
             key,
             sa_key: 0xb2,
@@ -284,12 +308,24 @@ fn random_request(rng: &mut Rng, tid: [&TransportId; 2]) -> Request {
     let who = rng.below(2) as usize;
     let keys = [0u64, 1, 2, 3];
     if rng.chance(40) {
-        let action = if rng.chance(3) { rng.below(32) as u8 } else { rng.below(4) as u8 };
-        let alloc = if rng.chance(50) { rng.below(65) } else { rng.below(8193) } as u16;
+        let action = if rng.chance(3) {
+            rng.below(32) as u8
+        } else {
+            rng.below(4) as u8
+        };
+        let alloc = if rng.chance(50) {
+            rng.below(65)
+        } else {
+            rng.below(8193)
+        } as u16;
         return Request::pr_in(who, action, alloc);
     }
     let action = rng.pick(&[0u8, 0, 1, 1, 2, 3, 4, 6, 6, 7]);
-    let pr_type = if rng.chance(5) { rng.below(16) as u8 } else { rng.pick(&[1u8, 3, 5, 6, 7, 8]) };
+    let pr_type = if rng.chance(5) {
+        rng.below(16) as u8
+    } else {
+        rng.pick(&[1u8, 3, 5, 6, 7, 8])
+    };
     let data = if action == 7 {
         RegisterMoveParams {
             key: rng.pick(&keys),
@@ -319,7 +355,13 @@ pub fn differential_c_helper() -> Result<()> {
     let scratch = scratch_dir("differential")?;
     lio::setup_default_dbroot()?;
     let initiators = [lio::next_wwn(), lio::next_wwn()];
-    let mut ours = Side::new("prhelper", &prh::prhelper_bin(), &["-v"], &initiators, &scratch)?;
+    let mut ours = Side::new(
+        "prhelper",
+        &prh::prhelper_bin(),
+        &["-v"],
+        &initiators,
+        &scratch,
+    )?;
     let mut theirs = Side::new("c", Path::new(C_HELPER), &[], &initiators, &scratch)?;
     for (i, (a, b)) in ours.targets.iter().zip(&theirs.targets).enumerate() {
         ensure!(a.initiator() == b.initiator(), "initiator {i} differs");
@@ -328,7 +370,9 @@ pub fn differential_c_helper() -> Result<()> {
     let tid = [&tids[0], &tids[1]];
 
     let seed = match std::env::var("PRHELPER_LAB_SEED") {
-        Ok(s) => s.parse().map_err(|e| format!("PRHELPER_LAB_SEED={s}: {e}"))?,
+        Ok(s) => s
+            .parse()
+            .map_err(|e| format!("PRHELPER_LAB_SEED={s}: {e}"))?,
         Err(_) => std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -338,7 +382,9 @@ pub fn differential_c_helper() -> Result<()> {
 
     let script = scripted(tid);
     let mut rng = Rng(seed);
-    let random: Vec<Request> = (0..RANDOM_STEPS).map(|_| random_request(&mut rng, tid)).collect();
+    let random: Vec<Request> = (0..RANDOM_STEPS)
+        .map(|_| random_request(&mut rng, tid))
+        .collect();
     let n_script = script.len();
     let mut stats = std::collections::BTreeMap::<String, usize>::new();
     for (i, req) in script.iter().chain(&random).enumerate() {

@@ -5,8 +5,8 @@
 use prhelper_lab::helper::{Helper, C_HELPER};
 use prhelper_lab::lio::SharedLun;
 use prhelper_lab::nested::{tail, NestedGuest};
-use prhelper_lab::util::{expect_contains, scratch_dir};
 use prhelper_lab::prh;
+use prhelper_lab::util::{expect_contains, scratch_dir};
 use prhelper_lab::{bail, ensure, sg, Result};
 use std::path::Path;
 
@@ -149,7 +149,12 @@ pub fn nested_qemu_prhelper() -> Result<()> {
     let outcome = thread
         .join()
         .map_err(|_| "nested guest thread panicked")?
-        .map_err(|e| format!("{e}\nfirst prhelper log:\n{first_log}\nsecond prhelper log:\n{}", second.log_text()))?;
+        .map_err(|e| {
+            format!(
+                "{e}\nfirst prhelper log:\n{first_log}\nsecond prhelper log:\n{}",
+                second.log_text()
+            )
+        })?;
     println!(
         "  nested guest ran for {:.1}s",
         outcome.duration.as_secs_f64()
@@ -174,11 +179,19 @@ pub fn nested_qemu_prhelper() -> Result<()> {
         "expected a logged REGISTER in both prhelper processes\n{}",
         logs(&second)
     );
-    expect_contains("nested READ KEYS after restart", &outcome.console, &format!("0x{KEY2:x}"))?;
+    expect_contains(
+        "nested READ KEYS after restart",
+        &outcome.console,
+        &format!("0x{KEY2:x}"),
+    )?;
 
     // Ground truth from the other initiator.
     let keys = sg::read_keys(&b.disk)?;
-    ensure!(keys == [KEY2], "READ KEYS via initiator B: {keys:x?}\n{}", logs(&second));
+    ensure!(
+        keys == [KEY2],
+        "READ KEYS via initiator B: {keys:x?}\n{}",
+        logs(&second)
+    );
     let running = second.is_running();
     ensure!(running, "prhelper died\n{}", logs(&second));
     second.stop()?;
