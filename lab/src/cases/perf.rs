@@ -42,21 +42,20 @@ fn prhelper_bin() -> PathBuf {
     target_bin_dir().join("prhelper")
 }
 
-/// PERSISTENT RESERVE OUT, REGISTER AND IGNORE EXISTING KEY, 24-byte parameter
-/// list. It never conflicts, so several clients on one I_T nexus can run it.
-fn raiek_cdb() -> [u8; 16] {
+/// PERSISTENT RESERVE OUT, REGISTER, 24-byte parameter list.
+fn register_cdb() -> [u8; 16] {
     let mut cdb = [0u8; 16];
     cdb[0] = 0x5f;
-    cdb[1] = 0x06;
     cdb[5..9].copy_from_slice(&24u32.to_be_bytes());
     cdb
 }
 
-/// Basic PR OUT parameter list with SERVICE ACTION RESERVATION KEY `key`
-/// (0 unregisters).
-fn raiek_params(key: u64) -> [u8; 24] {
+/// Basic PR OUT parameter list: RESERVATION KEY `key`, SERVICE ACTION
+/// RESERVATION KEY `sa_key` (REGISTER with `key` and 0 unregisters).
+fn register_params(key: u64, sa_key: u64) -> [u8; 24] {
     let mut p = [0u8; 24];
-    p[8..16].copy_from_slice(&key.to_be_bytes());
+    p[0..8].copy_from_slice(&key.to_be_bytes());
+    p[8..16].copy_from_slice(&sa_key.to_be_bytes());
     p
 }
 
@@ -92,6 +91,59 @@ fn print_report(name: &str, text: &str) {
     println!("==== end report {name} ====");
 }
 
+/// If a case is still running after `limit`, print the kernel stacks of every
+/// task in uninterruptible sleep (a hung LIO or dm command shows there; the
+/// console's log level hides the kernel's own hung-task traces).
+struct Watchdog {
+    done: Option<std::sync::mpsc::Sender<()>>,
+}
+
+impl Watchdog {
+    fn start(name: &'static str, limit: Duration) -> Watchdog {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if rx.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                eprintln!("{name}: still running after {limit:?}; tasks in D state:");
+                eprint!("{}", blocked_tasks());
+            }
+        });
+        Watchdog { done: Some(tx) }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Some(tx) = self.done.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// `comm`, tid and kernel stack of every task in state D.
+fn blocked_tasks() -> String {
+    let mut out = String::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let Ok(tasks) = std::fs::read_dir(p.path().join("task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            // "tid (comm) S ...": the state follows the last ')'.
+            let Some((head, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            if rest.trim_start().starts_with('D') {
+                let stack = std::fs::read_to_string(t.path().join("stack")).unwrap_or_default();
+                let _ = writeln!(out, "  {head}) D\n{}", stack.trim_end());
+            }
+        }
+    }
+    out
+}
+
 // ---------------------------------------------------------------------------
 // Part 3: real device
 
@@ -106,7 +158,9 @@ enum Via<'a> {
 enum Op {
     /// PR IN READ KEYS.
     ReadKeys,
-    /// REGISTER AND IGNORE EXISTING KEY with a key, then with 0: two commands.
+    /// REGISTER a key, then unregister it: two commands. Each client has its
+    /// own I_T nexus (LIO on 6.1 hangs with concurrent registrations through
+    /// one nexus).
     RegisterPair,
 }
 
@@ -190,8 +244,8 @@ impl Worker {
         match op {
             Op::ReadKeys => self.command(&load::read_keys_cdb(ALLOC), &[]),
             Op::RegisterPair => {
-                self.command(&raiek_cdb(), &raiek_params(self.key))?;
-                self.command(&raiek_cdb(), &raiek_params(0))
+                self.command(&register_cdb(), &register_params(0, self.key))?;
+                self.command(&register_cdb(), &register_params(self.key, 0))
             }
         }
     }
@@ -204,11 +258,11 @@ struct Sample {
 }
 
 /// `clients` closed-loop threads for `warmup + dur`; ops completing inside the
-/// last `dur` are counted.
+/// last `dur` are counted. Client `i` uses `devs[i]`.
 fn closed_loop(
     via: Via<'_>,
     op: Op,
-    dev: &Path,
+    devs: &[PathBuf],
     clients: usize,
     pin: Option<usize>,
     warmup: Duration,
@@ -220,6 +274,7 @@ fn closed_loop(
     std::thread::scope(|s| {
         for i in 0..clients {
             let (barrier, lat, errors) = (&barrier, &lat, &errors);
+            let dev = &devs[i % devs.len()];
             s.spawn(move || {
                 let worker = set_affinity(0, pin)
                     .map_err(|e| format!("pin: {e}"))
@@ -305,12 +360,16 @@ pub fn perf_real_device() -> Result<()> {
     let dur = Duration::from_secs(1);
 
     let dir = scratch_dir("perf_real_device")?;
-    let lun = SharedLun::new("perf", 64 << 20, 1)?;
-    let disk = lun.device(0).disk.clone();
+    let _watchdog = Watchdog::start("perf_real_device", Duration::from_secs(300));
+    // One LU, one I_T nexus per client: 8 tcm_loop paths.
+    let lun = SharedLun::new("perf", 64 << 20, 8)?;
+    let devs: Vec<PathBuf> = (0..8).map(|i| lun.device(i).disk.clone()).collect();
     let c = Helper::start(Path::new(C_HELPER), &dir.join("c.sock"), &[])?;
     let p = Helper::start(&prhelper_bin(), &dir.join("prh.sock"), &[])?;
-    // The first command after the LUN appears may get a UNIT ATTENTION.
-    let _ = Worker::new(Via::Direct, &disk, 1).and_then(|mut w| w.op(Op::ReadKeys));
+    // The first command after a LUN appears may get a UNIT ATTENTION.
+    for dev in &devs {
+        let _ = Worker::new(Via::Direct, dev, 1).and_then(|mut w| w.op(Op::ReadKeys));
+    }
 
     let vias = [
         ("direct", Via::Direct),
@@ -320,9 +379,9 @@ pub fn perf_real_device() -> Result<()> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "perf_real_device, {}: LIO tcm_loop LUN ({}), TCG; prhelper = {}",
+        "perf_real_device, {}: one LIO LU, client i on tcm_loop path i ({}..), TCG; prhelper = {}",
         today(),
-        disk.display(),
+        devs[0].display(),
         prhelper_bin().display()
     );
     let _ = writeln!(
@@ -332,7 +391,7 @@ pub fn perf_real_device() -> Result<()> {
     );
     let _ = writeln!(
         out,
-        "REGISTER+unreg. = REGISTER AND IGNORE EXISTING KEY with a key, then with 0 (one op = 2 commands)"
+        "REGISTER+unreg. = REGISTER a key, then unregister it (one op = 2 commands)"
     );
     let _ = writeln!(
         out,
@@ -358,7 +417,7 @@ pub fn perf_real_device() -> Result<()> {
             let mut p50 = [[f64::NAN; ROUNDS]; 3];
             for round in 0..ROUNDS {
                 for (v, (_, via)) in vias.iter().enumerate() {
-                    let s = closed_loop(*via, op, &disk, clients, pin, warmup, dur)?;
+                    let s = closed_loop(*via, op, &devs, clients, pin, warmup, dur)?;
                     rps[v][round] = s.rps;
                     p50[v][round] = us(s.lat.percentile(50.0));
                 }
@@ -831,6 +890,7 @@ fn hung_report(runs: &[HelperRun], map: &str) -> String {
 /// the C helper (reported).
 pub fn hung_device() -> Result<()> {
     let dir = scratch_dir("hung_device")?;
+    let _watchdog = Watchdog::start("hung_device", Duration::from_secs(240));
     let healthy = SharedLun::new("hung-ok", 32 << 20, 1)?;
     let hung = SharedLun::new("hung-mp", 32 << 20, 1)?;
     let map = MpathMap::create("prh-hung", hung.device(0))?;
