@@ -648,8 +648,30 @@ fn settle_threads(pid: u32) -> usize {
     last
 }
 
+/// (busy, total) jiffies of all CPUs, from /proc/stat.
+fn cpu_jiffies() -> (u64, u64) {
+    let stat = read_attr(Path::new("/proc/stat")).unwrap_or_default();
+    let v: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    // idle + iowait
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
 struct Phase {
     stuck: usize,
+    /// CPU busy (all vCPUs) during the healthy load, percent.
+    cpu: f64,
+    /// 8 direct SG_IO clients on the healthy LUN right after: what the VM
+    /// itself can still do with that many stuck commands.
+    direct_rps: f64,
     threads: usize,
     load: LoadResult,
     probes: Probes,
@@ -705,18 +727,31 @@ fn hung_run(
             expect_status: Some(0),
             drain: Duration::from_secs(2),
         };
+        let (b0, t0) = cpu_jiffies();
         let load = load::run(&spec);
+        let (b1, t1) = cpu_jiffies();
+        let cpu = 100.0 * (b1 - b0) as f64 / (t1 - t0).max(1) as f64;
+        let direct = closed_loop(
+            Via::Direct,
+            Op::ReadKeys,
+            &[healthy.to_path_buf()],
+            HEALTHY_CLIENTS,
+            None,
+            Duration::from_millis(200),
+            Duration::from_secs(1),
+        )?;
         let probes = probe_new_clients(&socket, healthy, 10, Duration::from_secs(3))?;
         let answered = answered(&mut stuck);
         println!(
             "hung_device: {name}, {target} stuck: {:.0} req/s, p50 {:?}, unfinished {}, errors {}, \
-             new clients {}/{}, threads {threads}, stuck answered {answered}",
+             new clients {}/{}, threads {threads}, stuck answered {answered}, cpu {cpu:.0}%, direct {:.0} req/s",
             load.rps(),
             load.latencies.percentile(50.0),
             load.unfinished,
             load.error_count,
             probes.served,
-            probes.attempted
+            probes.attempted,
+            direct.rps
         );
         if is_prhelper {
             ensure!(
@@ -742,6 +777,8 @@ fn hung_run(
         }
         phases.push(Phase {
             stuck: target,
+            cpu,
+            direct_rps: direct.rps,
             threads,
             load,
             probes,
@@ -818,8 +855,8 @@ fn hung_report(runs: &[HelperRun], map: &str) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<15} {:>5} | {:>8} {:>6} | {:>8} {:>6} | {:>8} {:>6} | {:>5} | {:>9} {:>9} | {:>7} | {:>5}",
-        "server", "stuck", "req/s", "x0", "p50 ms", "x0", "p99 ms", "x0", "unfin", "new conn", "worst ms", "threads", "ans."
+        "{:<15} {:>5} | {:>8} {:>6} | {:>8} {:>6} | {:>8} {:>6} | {:>5} | {:>9} {:>9} | {:>7} | {:>5} | {:>4} | {:>6}",
+        "server", "stuck", "req/s", "x0", "p50 ms", "x0", "p99 ms", "x0", "unfin", "new conn", "worst ms", "threads", "ans.", "cpu%", "dir x0"
     );
     for r in runs {
         let base = &r.phases[0].load;
@@ -835,7 +872,7 @@ fn hung_report(runs: &[HelperRun], map: &str) -> String {
             };
             let _ = writeln!(
                 out,
-                "{:<15} {:>5} | {:>8.0} {:>6.2} | {} | {} | {:>5} | {:>4}/{:<4} {:>9} | {:>7} | {:>5}",
+                "{:<15} {:>5} | {:>8.0} {:>6.2} | {} | {} | {:>5} | {:>4}/{:<4} {:>9} | {:>7} | {:>5} | {:>4.0} | {:>6.2}",
                 r.name,
                 p.stuck,
                 l.rps(),
@@ -852,13 +889,17 @@ fn hung_report(runs: &[HelperRun], map: &str) -> String {
                 },
                 p.threads,
                 p.answered,
+                p.cpu,
+                p.direct_rps / r.phases[0].direct_rps,
             );
         }
     }
     let _ = writeln!(
         out,
         "x0 = ratio to the same server with 0 stuck; unfin = healthy requests unanswered 2 s after the phase; \
-         new conn = fresh clients served / tried (3 s timeout, stop after 2 failures); ans. = stuck clients answered (expected 0)"
+         new conn = fresh clients served / tried (3 s timeout, stop after 2 failures); ans. = stuck clients answered (expected 0); \
+         cpu% = VM CPU busy during the phase; dir x0 = 8 direct SG_IO clients on the healthy LUN, 1 s, vs 0 stuck \
+         (each stuck SG_IO on the map polls every 10 ms in dm_prepare_ioctl, so stuck commands cost the kernel CPU whoever holds them)"
     );
     for r in runs {
         let t = &r.term;
