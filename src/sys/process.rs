@@ -40,3 +40,13 @@ pub fn limit_malloc_arenas(n: i32) {
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     let _ = n;
 }
+
+/// Give freed heap memory back to the kernel (glibc keeps it otherwise). Called when the
+/// pool shrinks after a burst, so RSS returns to its idle level.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory held by the allocator.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
