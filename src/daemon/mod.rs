@@ -130,12 +130,12 @@ pub fn main() -> i32 {
         warn!("-T {part}: not supported, ignored");
     }
 
-    match start(&args, ready_pipe) {
+    match start(&args, &mut ready_pipe) {
         Ok(()) => 0,
-        Err((e, pipe)) => {
+        Err(e) => {
             let msg = chain(&e);
             error!("{msg}");
-            match pipe {
+            match ready_pipe {
                 Some(mut p) => {
                     let _ = p.write_all(msg.as_bytes());
                 }
@@ -151,16 +151,11 @@ pub fn main() -> i32 {
     }
 }
 
-type Failed = (StartError, Option<UnixStream>);
-
-fn start(args: &Args, ready_pipe: Option<UnixStream>) -> Result<(), Failed> {
-    let pipe = std::cell::RefCell::new(ready_pipe);
-    let fail = |e: StartError| (e, pipe.borrow_mut().take());
-
+/// Start and serve until stopped. With -d, `ready_pipe` gets "OK" once serving (and is
+/// taken); on an error it is left for the caller to report through.
+fn start(args: &Args, ready_pipe: &mut Option<UnixStream>) -> Result<(), StartError> {
     // Signals: a pipe the server watches. SIGPIPE is already ignored by the Rust runtime.
-    let (sig_rd, sig_wr) = UnixStream::pair()
-        .map_err(io_err("cannot create signal pipe"))
-        .map_err(fail)?;
+    let (sig_rd, sig_wr) = UnixStream::pair().map_err(io_err("cannot create signal pipe"))?;
     for sig in [
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -168,21 +163,18 @@ fn start(args: &Args, ready_pipe: Option<UnixStream>) -> Result<(), Failed> {
     ] {
         let w = sig_wr
             .try_clone()
-            .map_err(io_err("cannot create signal pipe"))
-            .map_err(fail)?;
+            .map_err(io_err("cannot create signal pipe"))?;
         signal_hook::low_level::pipe::register(sig, w)
-            .map_err(io_err("cannot install signal handler"))
-            .map_err(fail)?;
+            .map_err(io_err("cannot install signal handler"))?;
     }
 
-    let activated = listen::from_activation().map_err(|e| fail(e.into()))?;
+    let activated = listen::from_activation()?;
     if activated.is_some() && args.socket.is_some() {
-        return Err(fail(StartError::Usage(
+        return Err(StartError::Usage(
             "Unix socket can't be set when using socket activation".into(),
-        )));
+        ));
     }
-    let identity =
-        privs::resolve(args.user.as_deref(), args.group.as_deref()).map_err(|e| fail(e.into()))?;
+    let identity = privs::resolve(args.user.as_deref(), args.group.as_deref())?;
 
     let pidfile_path = match (&args.pidfile, args.daemon) {
         (Some(p), _) => Some(p.clone()),
@@ -190,7 +182,7 @@ fn start(args: &Args, ready_pipe: Option<UnixStream>) -> Result<(), Failed> {
         (None, false) => None,
     };
     let _pidfile = match &pidfile_path {
-        Some(p) => Some(pidfile::write(p).map_err(|e| fail(e.into()))?),
+        Some(p) => Some(pidfile::write(p)?),
         None => None,
     };
 
@@ -201,7 +193,7 @@ fn start(args: &Args, ready_pipe: Option<UnixStream>) -> Result<(), Failed> {
                 .socket
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(cli::DEFAULT_SOCKET));
-            let (l, c) = listen::bind_path(&path).map_err(|e| fail(e.into()))?;
+            let (l, c) = listen::bind_path(&path)?;
             (l, Some(c))
         }
     };
@@ -209,10 +201,10 @@ fn start(args: &Args, ready_pipe: Option<UnixStream>) -> Result<(), Failed> {
     let guard = SocketGuard(created);
     raise_nofile_limit();
 
-    privs::drop_privileges(identity, &privs::kept(false)).map_err(|e| fail(e.into()))?;
+    privs::drop_privileges(identity, &privs::kept(false))?;
     crate::sys::process::limit_malloc_arenas(2);
-    let filter = seccomp::build(args.seccomp, &seccomp::Extra::default())
-        .map_err(|e| fail(StartError::Sandbox(e)))?;
+    let filter =
+        seccomp::build(args.seccomp, &seccomp::Extra::default()).map_err(StartError::Sandbox)?;
 
     let backend = Box::new(SgIo {
         timeout_ms: args.sg_timeout * 1000,
@@ -234,7 +226,7 @@ fn start(args: &Args, ready_pipe: Option<UnixStream>) -> Result<(), Failed> {
     // Ready: the socket already queues connections; the workers start right below.
     info!("listening on {where_}");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    if let Some(mut p) = pipe.borrow_mut().take() {
+    if let Some(mut p) = ready_pipe.take() {
         let _ = p.write_all(b"OK");
         drop(p);
         detach_stdio();
@@ -247,15 +239,12 @@ fn start(args: &Args, ready_pipe: Option<UnixStream>) -> Result<(), Failed> {
         }
     });
     let server = server::Server::new(listener, sig_rd, backend, cfg, hook)
-        .map_err(io_err("cannot set up the event loop"))
-        .map_err(fail)?;
+        .map_err(io_err("cannot set up the event loop"))?;
     drop(sig_wr);
-    sandbox::enter(socket_dir.as_deref(), filter.as_ref())
-        .map_err(|e| fail(StartError::Sandbox(e)))?;
+    sandbox::enter(socket_dir.as_deref(), filter.as_ref()).map_err(StartError::Sandbox)?;
     server
         .spawn_workers()
-        .map_err(io_err("cannot start worker threads"))
-        .map_err(fail)?;
+        .map_err(io_err("cannot start worker threads"))?;
 
     let abandoned = server.wait();
     if abandoned > 0 {

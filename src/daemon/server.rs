@@ -734,36 +734,26 @@ fn execute(
     let header = reply.header();
     let parts = [&header[..], reply.payload()];
     let total = header.len() + reply.payload().len();
-    match fdpass::send_parts(s.stream.as_fd(), parts) {
-        Ok(n) if n == total => Next::Rearm(EpollFlags::EPOLLIN),
-        Ok(n) => {
-            let mut rest = Vec::with_capacity(total - n);
-            let mut skip = n;
-            for p in parts {
-                let k = skip.min(p.len());
-                rest.extend_from_slice(&p[k..]);
-                skip -= k;
-            }
-            s.pending = Some(Pending {
-                bytes: rest.into_boxed_slice(),
-                sent: 0,
-            });
-            Next::Rearm(EpollFlags::EPOLLOUT)
-        }
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-            let mut rest = header.to_vec();
-            rest.extend_from_slice(reply.payload());
-            s.pending = Some(Pending {
-                bytes: rest.into_boxed_slice(),
-                sent: 0,
-            });
-            Next::Rearm(EpollFlags::EPOLLOUT)
-        }
+    let sent = match fdpass::send_parts(s.stream.as_fd(), parts) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
         Err(e) => {
             debug!("client left before its reply: {e}");
-            Next::Close
+            return Next::Close;
         }
+    };
+    if sent == total {
+        return Next::Rearm(EpollFlags::EPOLLIN);
     }
+    // The socket buffer is full: keep the reply and finish it when writable.
+    let mut bytes = Vec::with_capacity(total);
+    bytes.extend_from_slice(&header);
+    bytes.extend_from_slice(reply.payload());
+    s.pending = Some(Pending {
+        bytes: bytes.into_boxed_slice(),
+        sent,
+    });
+    Next::Rearm(EpollFlags::EPOLLOUT)
 }
 
 fn flush(s: &mut Session) -> Next {
