@@ -5,11 +5,14 @@
 //! TCG, chrooted into the host's root filesystem, with the LIO SCSI target and
 //! its loopback fabric (tcm_loop) loaded. They configure real SCSI devices
 //! with full SPC-4 persistent reservations ([`lio`]), start PR helpers
-//! ([`helper`]), drive them with sg3-utils ([`sg`]), and boot nested QEMU
-//! guests that reach those devices through a helper ([`nested`]).
+//! ([`helper`]), drive them with sg3-utils ([`sg`]), boot nested QEMU guests
+//! that reach those devices through a helper ([`nested`]), and build
+//! dm-multipath maps over several legs of one LU, by hand or with a real
+//! multipathd ([`mpath`]).
 
 pub mod helper;
 pub mod lio;
+pub mod mpath;
 pub mod nested;
 pub mod prh;
 pub mod sg;
