@@ -547,20 +547,31 @@ fn privileges_dropped_on_every_thread() {
         eprintln!("skipped: needs root");
         return;
     }
-    let d = Daemon::start(&[]);
-    assert_serves(&d);
-    for st in proc_status_all_tasks(d.pid()) {
-        assert_eq!(
-            field(&st, "CapEff:"),
-            "0000000000020000",
-            "only cap_sys_rawio"
-        );
-        assert_eq!(field(&st, "CapPrm:"), "0000000000020000");
-        assert_eq!(field(&st, "CapBnd:"), "0000000000020000");
-        assert_eq!(field(&st, "CapInh:"), "0000000000000000");
-        assert_eq!(field(&st, "CapAmb:"), "0000000000000000");
+    // CAP_SYS_RAWIO (bit 17); CAP_SYS_ADMIN (bit 21) too when multipath support is on,
+    // which --multipath=auto turns on only if the kernel has device-mapper.
+    let dm = std::fs::read_to_string("/proc/devices")
+        .unwrap()
+        .contains(" device-mapper\n");
+    let auto = if dm {
+        "0000000000220000"
+    } else {
+        "0000000000020000"
+    };
+    for (args, want) in [
+        (&[][..], auto),
+        (&["--multipath=off"][..], "0000000000020000"),
+    ] {
+        let d = Daemon::start(args);
+        assert_serves(&d);
+        for st in proc_status_all_tasks(d.pid()) {
+            assert_eq!(field(&st, "CapEff:"), want, "{args:?}");
+            assert_eq!(field(&st, "CapPrm:"), want);
+            assert_eq!(field(&st, "CapBnd:"), want);
+            assert_eq!(field(&st, "CapInh:"), "0000000000000000");
+            assert_eq!(field(&st, "CapAmb:"), "0000000000000000");
+        }
     }
-    let d = Daemon::start_with(&["-u", "nobody"], |c| {
+    let d = Daemon::start_with(&["-u", "nobody", "--multipath=off"], |c| {
         // the socket's directory must be reachable for nobody's cleanup; not needed here
         let _ = c;
     });

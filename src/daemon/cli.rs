@@ -78,9 +78,24 @@ pub struct Args {
     #[arg(long = "seccomp", value_name = "MODE", value_enum, default_value_t = super::seccomp::Mode::Kill)]
     pub seccomp: super::seccomp::Mode,
 
+    /// [extension] dm-multipath maps: send each command to the map's paths as
+    /// multipath-tools does, and tell multipathd the key (auto: when the kernel has
+    /// device-mapper; keeps CAP_SYS_ADMIN); off: SG_IO on the map (one path)
+    #[arg(long = "multipath", value_name = "MODE", value_enum, default_value_t = MultipathMode::Auto)]
+    pub multipath: MultipathMode,
+
     /// [extension] Seconds to wait for in-flight commands when stopping
     #[arg(long = "shutdown-timeout", value_name = "SECONDS", default_value_t = 5)]
     pub shutdown_timeout: u64,
+}
+
+/// `--multipath`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MultipathMode {
+    /// On when the kernel has device-mapper.
+    Auto,
+    /// Plain SG_IO on every device, CAP_SYS_ADMIN dropped.
+    Off,
 }
 
 impl Args {
@@ -157,5 +172,11 @@ mod tests {
             "socket path must be absolute"
         );
         assert!(parse(&[]).unwrap().validate().is_ok());
+        assert_eq!(parse(&[]).unwrap().multipath, MultipathMode::Auto);
+        assert_eq!(
+            parse(&["--multipath=off"]).unwrap().multipath,
+            MultipathMode::Off
+        );
+        assert!(parse(&["--multipath=on"]).is_err());
     }
 }

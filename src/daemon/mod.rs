@@ -201,14 +201,44 @@ fn start(args: &Args, ready_pipe: &mut Option<UnixStream>) -> Result<(), StartEr
     let guard = SocketGuard(created);
     raise_nofile_limit();
 
-    privs::drop_privileges(identity, &privs::kept(false))?;
-    crate::sys::process::limit_malloc_arenas(2);
-    let filter =
-        seccomp::build(args.seccomp, &seccomp::Extra::default()).map_err(StartError::Sandbox)?;
-
-    let backend = Box::new(SgIo {
+    let plain = SgIo {
         timeout_ms: args.sg_timeout * 1000,
-    });
+    };
+    // Multipath set-up needs root: the dm control node, and multipathd's socket (which
+    // checks the peer's uid at connect time), so it happens before privileges go.
+    let multipath = match args.multipath {
+        cli::MultipathMode::Off => None,
+        cli::MultipathMode::Auto => match crate::dev::mpath::dm_major() {
+            None => {
+                info!("multipath: the kernel has no device-mapper; plain SG_IO only");
+                None
+            }
+            Some(_) => {
+                if identity.is_some_and(|i| !i.uid.is_root()) {
+                    warn!("multipath: with -u, multipathd accepts PR commands only over the connection opened now as root; if multipathd restarts, paths that come back are not registered until prhelper restarts");
+                }
+                Some(crate::dev::mpath::Multipath::new(plain.clone(), true))
+            }
+        },
+    };
+    privs::drop_privileges(identity, &privs::kept(multipath.is_some()))?;
+    crate::sys::process::limit_malloc_arenas(2);
+    let extra = if multipath.is_some() {
+        seccomp::Extra::multipath()
+    } else {
+        seccomp::Extra::default()
+    };
+    let filter = seccomp::build(args.seccomp, &extra).map_err(StartError::Sandbox)?;
+
+    let backend: Box<dyn crate::dev::Backend> = match multipath {
+        Some(m) => Box::new(m),
+        None => Box::new(plain),
+    };
+    let readable: &[&std::path::Path] = if extra.multipath {
+        &[std::path::Path::new("/dev"), std::path::Path::new("/sys")]
+    } else {
+        &[]
+    };
     let cfg = server::Config {
         max_threads: args.max_threads as usize,
         shutdown_grace: Duration::from_secs(args.shutdown_timeout),
@@ -241,7 +271,8 @@ fn start(args: &Args, ready_pipe: &mut Option<UnixStream>) -> Result<(), StartEr
     let server = server::Server::new(listener, sig_rd, backend, cfg, hook)
         .map_err(io_err("cannot set up the event loop"))?;
     drop(sig_wr);
-    sandbox::enter(socket_dir.as_deref(), filter.as_ref()).map_err(StartError::Sandbox)?;
+    sandbox::enter(socket_dir.as_deref(), readable, filter.as_ref())
+        .map_err(StartError::Sandbox)?;
     server
         .spawn_workers()
         .map_err(io_err("cannot start worker threads"))?;

@@ -3,7 +3,8 @@
 //!
 //! After start-up the daemon touches the filesystem only to remove its socket file on
 //! stop; devices arrive as fds. Landlock therefore grants nothing but file removal in the
-//! socket's directory.
+//! socket's directory, plus, with `--multipath`, reading beneath /dev and /sys (a map's
+//! path devices are opened read-only by device number, and found through sysfs).
 
 use std::path::Path;
 
@@ -15,8 +16,9 @@ use tracing::{debug, info};
 
 use super::seccomp;
 
-/// Restrict the filesystem. `removable_in`: the directory whose entries may be removed.
-pub fn landlock(removable_in: Option<&Path>) -> Result<RulesetStatus, String> {
+/// Restrict the filesystem. `removable_in`: the directory whose entries may be removed;
+/// `readable`: directories beneath which files may be opened for reading.
+pub fn landlock(removable_in: Option<&Path>, readable: &[&Path]) -> Result<RulesetStatus, String> {
     let abi = ABI::V3;
     let err = |e: landlock::RulesetError| format!("landlock: {e}");
     let mut rs = Ruleset::default()
@@ -35,14 +37,28 @@ pub fn landlock(removable_in: Option<&Path>) -> Result<RulesetStatus, String> {
             Err(e) => debug!("landlock: cannot open {}: {e}", dir.display()),
         }
     }
+    for dir in readable {
+        match PathFd::new(dir) {
+            Ok(fd) => {
+                rs = rs
+                    .add_rule(PathBeneath::new(fd, AccessFs::ReadFile | AccessFs::ReadDir))
+                    .map_err(err)?
+            }
+            Err(e) => debug!("landlock: cannot open {}: {e}", dir.display()),
+        }
+    }
     let status = rs.restrict_self().map_err(err)?;
     Ok(status.ruleset)
 }
 
 /// Enter the sandbox: no_new_privs, Landlock, then the seccomp filter (compiled earlier).
-pub fn enter(removable_in: Option<&Path>, filter: Option<&seccomp::Filters>) -> Result<(), String> {
+pub fn enter(
+    removable_in: Option<&Path>,
+    readable: &[&Path],
+    filter: Option<&seccomp::Filters>,
+) -> Result<(), String> {
     nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
-    match landlock(removable_in)? {
+    match landlock(removable_in, readable)? {
         RulesetStatus::FullyEnforced => debug!("landlock: enforced"),
         RulesetStatus::PartiallyEnforced => {
             debug!("landlock: partially enforced (older kernel ABI)")

@@ -6,6 +6,8 @@
 //! first time an exiting thread's heap could shrink, and copes with failure. So `open`
 //! and `openat` fail with EACCES instead of killing the process (a second, stacked
 //! filter; the kernel applies the stricter answer), and Landlock denies them anyway.
+//! With `--multipath`, read-only opens pass (a map's path devices are opened by number;
+//! Landlock allows reading only beneath /dev and /sys) and writing opens still fail.
 //!
 //! Built for x86_64 and aarch64 (seccompiler's architectures, minus riscv64 which is
 //! untested); elsewhere the daemon runs without a filter and says so.
@@ -33,10 +35,63 @@ pub enum Mode {
     Off,
 }
 
-/// Extra ioctl request numbers to allow (e.g. device-mapper, block PR ioctls).
+/// What optional features need beyond the base list.
 #[derive(Clone, Debug, Default)]
 pub struct Extra {
+    /// Extra ioctl request numbers to allow.
     pub ioctls: Vec<u64>,
+    /// dm-multipath support: device-mapper ioctls, read-only opens of path devices and
+    /// sysfs, threads per path, and multipathd's socket.
+    pub multipath: bool,
+}
+
+impl Extra {
+    /// The additions for `--multipath`.
+    pub fn multipath() -> Extra {
+        Extra {
+            ioctls: vec![
+                crate::sys::dm::DM_TABLE_STATUS,
+                crate::sys::dm::DM_DEV_SUSPEND,
+            ],
+            multipath: true,
+        }
+    }
+}
+
+/// (syscall, why) pairs allowed with `--multipath`.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn multipath_plain() -> Vec<(i64, &'static str)> {
+    use libc::*;
+    let mut v = vec![
+        (SYS_connect, "reconnecting to multipathd after it restarted"),
+        (SYS_setsockopt, "multipathd reply timeout"),
+        (SYS_readlinkat, "sysfs: a path's kernel name and SCSI host"),
+        (
+            SYS_getdents64,
+            "sysfs: a map's slaves/ without the dm control node",
+        ),
+        (SYS_lseek, "reading sysfs attributes"),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    v.push((SYS_readlink, "sysfs links (older libc)"));
+    v
+}
+
+/// Open flags that would write or create: refused even with `--multipath`.
+const WRITE_FLAGS: [u64; 4] = [
+    libc::O_WRONLY as u64,
+    libc::O_RDWR as u64,
+    libc::O_CREAT as u64,
+    libc::O_TRUNC as u64,
+];
+
+/// Where the open flags are: (syscall, argument index).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn opens() -> Vec<(i64, u8)> {
+    let mut v = vec![(libc::SYS_openat, 2)];
+    #[cfg(target_arch = "x86_64")]
+    v.push((libc::SYS_open, 1));
+    v
 }
 
 /// (syscall, why) pairs allowed without conditions.
@@ -170,6 +225,23 @@ pub fn build(mode: Mode, extra: &Extra) -> Result<Option<Filters>, String> {
         for (nr, _why) in plain().into_iter().chain(refused()) {
             rules.insert(nr, vec![]);
         }
+        if extra.multipath {
+            for (nr, _why) in multipath_plain() {
+                rules.insert(nr, vec![]);
+            }
+            // socket: AF_UNIX only (multipathd).
+            rules.insert(
+                libc::SYS_socket,
+                vec![SeccompRule::new(vec![SeccompCondition::new(
+                    0,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::Eq,
+                    libc::AF_UNIX as u64,
+                )
+                .map_err(err)?])
+                .map_err(err)?],
+            );
+        }
         // ioctl: only these request numbers (argument 1, compared as 32 bits).
         let mut ioctls = vec![SG_IO, FIONBIO];
         ioctls.extend(&extra.ioctls);
@@ -206,8 +278,29 @@ pub fn build(mode: Mode, extra: &Extra) -> Result<Option<Filters>, String> {
         let filter =
             SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch()).map_err(err)?;
         let allow = BpfProgram::try_from(filter).map_err(err)?;
-        let refuse: BTreeMap<i64, Vec<SeccompRule>> =
-            refused().into_iter().map(|(nr, _)| (nr, vec![])).collect();
+        // Without multipath every open is refused; with it, only those that would write
+        // or create (Landlock limits the readable ones to /dev and /sys).
+        let mut refuse: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+        for (nr, arg) in opens() {
+            let conds = if extra.multipath {
+                WRITE_FLAGS
+                    .iter()
+                    .map(|&bit| {
+                        SeccompRule::new(vec![SeccompCondition::new(
+                            arg,
+                            SeccompCmpArgLen::Dword,
+                            SeccompCmpOp::MaskedEq(bit),
+                            bit,
+                        )
+                        .map_err(err)?])
+                        .map_err(err)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+            } else {
+                vec![]
+            };
+            refuse.insert(nr, conds);
+        }
         let refuse = SeccompFilter::new(
             refuse,
             SeccompAction::Allow,
@@ -239,14 +332,8 @@ mod tests {
         assert!(build(Mode::Off, &Extra::default()).unwrap().is_none());
         let p = build(Mode::Kill, &Extra::default()).unwrap().unwrap();
         assert!(!p.is_empty());
-        assert!(build(
-            Mode::Log,
-            &Extra {
-                ioctls: vec![0xc138fd0c]
-            }
-        )
-        .unwrap()
-        .is_some());
+        assert!(build(Mode::Log, &Extra::multipath()).unwrap().is_some());
+        assert!(build(Mode::Kill, &Extra::multipath()).unwrap().is_some());
     }
 
     #[test]
@@ -254,6 +341,7 @@ mod tests {
         let mut nrs: Vec<i64> = plain()
             .into_iter()
             .chain(refused())
+            .chain(multipath_plain())
             .map(|(n, _)| n)
             .collect();
         let len = nrs.len();

@@ -2,6 +2,8 @@
 //!
 //! The daemon talks to a [`Backend`]; [`SgIo`] sends the CDB with SG_IO. Tests use fakes.
 
+pub mod mpath;
+
 use std::os::fd::BorrowedFd;
 
 use crate::scsi::sense::{self, Sense};
@@ -18,6 +20,15 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// GOOD, no data.
+    pub fn good() -> Outcome {
+        Outcome {
+            status: Status::GOOD,
+            sense: Sense::default(),
+            len: 0,
+        }
+    }
+
     /// A locally built CHECK CONDITION with fixed-format sense.
     pub fn check(code: sense::SenseCode) -> Outcome {
         Outcome {

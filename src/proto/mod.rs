@@ -2,6 +2,7 @@
 //! per-connection request state machine. Pure code: no I/O, no `unsafe`.
 
 pub mod conn;
+pub mod multipathd;
 pub mod wire;
 
 pub use conn::{Conn, ProtoError, Request, RequestKind};

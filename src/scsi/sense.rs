@@ -34,6 +34,7 @@ codes! {
     INVALID_FIELD = 0x05 / 0x24 / 0x00;
     INVALID_PARAM = 0x05 / 0x26 / 0x00;
     INVALID_PARAM_LEN = 0x05 / 0x1a / 0x00;
+    INVALID_RELEASE = 0x05 / 0x26 / 0x04;
     RESET = 0x06 / 0x29 / 0x00;
     SPACE_ALLOC_FAILED = 0x07 / 0x27 / 0x07;
     IO_ERROR = 0x0b / 0x00 / 0x06;
@@ -288,6 +289,7 @@ pub fn asc_name(asc: u8, ascq: u8) -> &'static str {
         (0x26, 0x00) => "Invalid field in parameter list",
         (0x26, 0x01) => "Parameter not supported",
         (0x26, 0x02) => "Parameter value invalid",
+        (0x26, 0x04) => "Invalid release of persistent reservation",
         (0x27, 0x00) => "Write protected",
         (0x27, 0x07) => "Space allocation failed write protect",
         (0x29, 0x00) => "Power on, reset, or bus device reset occurred",
