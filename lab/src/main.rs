@@ -69,6 +69,21 @@ const CASES: &[Case] = &[
         cases::perf::hung_device,
     ),
     case(
+        "mpath_fixture",
+        "lab dm-multipath blocks: SG_IO via a dmsetup map reaches one path; multipathd + mpathpersist register all, re-register",
+        cases::mpath_fixture::mpath_fixture,
+    ),
+    case(
+        "multipath_prhelper",
+        "prhelper on a dmsetup multipath map: every PR OUT action with paths going down, conflicts, SPEC_I_PT, ALL_TG_PT; kernel IOC_PR_REGISTER for contrast",
+        cases::multipath::multipath_prhelper,
+    ),
+    case(
+        "multipath_multipathd",
+        "prhelper with Debian's multipathd: the key reaches multipathd, a reinstated path gets registered; mpathpersist on the same map compared",
+        cases::multipath::multipath_multipathd,
+    ),
+    case(
         "nested_qemu_c_helper",
         "nested QEMU guest's sg_persist through Debian's C qemu-pr-helper reaches LIO",
         cases::nested::nested_qemu_c_helper,
@@ -77,6 +92,11 @@ const CASES: &[Case] = &[
         "nested_qemu_prhelper",
         "nested QEMU through prhelper, which is restarted mid-run: QEMU reconnects",
         cases::nested::nested_qemu_prhelper,
+    ),
+    case(
+        "multipath_nested_qemu",
+        "nested QEMU guest on a multipath map through prhelper: its REGISTER and RESERVE reach both paths",
+        cases::multipath::multipath_nested_qemu,
     ),
     Case {
         hidden: true,

@@ -6,6 +6,8 @@ pub mod abuse;
 pub mod client_actions;
 pub mod differential;
 pub mod lio;
+pub mod mpath_fixture;
+pub mod multipath;
 pub mod nested;
 pub mod perf;
 

@@ -552,10 +552,17 @@ fn preempt(
     _sa: PrOutAction,
     bp: &BasicParams,
 ) -> (Outcome, Effect) {
-    // Preempting our own key (or, with key 0, all registrants) also removes our
-    // registration from every other path: keep I/O queued meanwhile and register the
-    // key there again afterwards.
-    let own = bp.key != 0 && (bp.sa_key == bp.key || bp.sa_key == 0);
+    // Preempting the reservation we hold under our own key (or, with key 0, an
+    // all-registrants one) also removes our registration from every other path: keep
+    // I/O queued meanwhile and register the key there again afterwards. Without such a
+    // reservation the device removes every registration with that key, the issuing
+    // path's too (LIO does), which is what a single-path guest would see: leave it.
+    let own = bp.key != 0
+        && (bp.sa_key == 0
+            || (bp.sa_key == bp.key
+                && read_reservation(p)
+                    .and_then(|rr| rr.reservation)
+                    .is_some_and(|r| r.key == bp.key && !all_registrants(r.pr_type))));
     let _s = own.then(|| Suspended::new(p));
     let (via, o) = first_answering(p, cdb, params, false);
     if o.status != Status::GOOD {

@@ -94,8 +94,10 @@ impl Lu {
                         _ => return Err(Class::DeviceError),
                     }
                 }
+                // Preempting the holder spares the issuer; otherwise every registration
+                // with that key goes, the issuer's too (as LIO does).
                 let takes = self.res_key() == Some(p.sa_key);
-                self.keys.retain(|&k, v| k == n || *v != p.sa_key);
+                self.keys.retain(|&k, v| (takes && k == n) || *v != p.sa_key);
                 if takes {
                     self.res = Some((n, ty));
                 }
@@ -464,6 +466,16 @@ fn preempting_our_own_key_keeps_it_on_every_path() {
     assert_eq!(f.keys(), vec![(0, K), (1, K)]);
     assert_eq!(f.res(), Some((0, 3)));
     assert_eq!(*f.suspends.lock().unwrap(), (1, 1));
+}
+
+#[test]
+fn preempting_our_own_key_without_a_reservation_is_left_to_the_device() {
+    let f = Fake::new(2);
+    run(&f, 0, 0, 0, K);
+    let (o, _) = run(&f, 4, 1, K, K);
+    assert_eq!(o.status, Status::GOOD);
+    assert_eq!(f.keys(), vec![], "as on a single path: every registration with K gone");
+    assert_eq!(f.sent_to(6), Vec::<usize>::new(), "nothing re-registered");
 }
 
 #[test]

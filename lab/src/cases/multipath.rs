@@ -1,0 +1,461 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//! prhelper on dm-multipath maps over two tcm_loop paths to one LIO LU, with a third
+//! initiator outside the map as the observer: LIO's own READ FULL STATUS from there is
+//! the ground truth for which I_T nexus holds which key.
+//!
+//! - `multipath_prhelper`: a `dmsetup` map, no multipathd: every PR OUT action, paths
+//!   taken down (at the LIO level) under every awkward case, conflicts, SPEC_I_PT,
+//!   ALL_TG_PT, PR IN with every path down; and the kernel's own `IOC_PR_REGISTER` on the
+//!   same map for contrast (docs/multipath.md).
+//! - `multipath_multipathd`: Debian's multipathd builds the map; prhelper tells it the
+//!   key, a path that was down comes back and multipathd registers it; the same
+//!   sequence through Debian's `mpathpersist` on the same map, compared.
+//! - `multipath_nested_qemu`: a nested guest's sg_persist through QEMU and prhelper on a
+//!   multipath map registers both paths.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use prhelper::scsi::cdb::{PrInAction, PrOutAction};
+use prhelper::scsi::prin::{ReadKeys, ReadReservation};
+use prhelper::scsi::prout::BasicParams;
+use prhelper::scsi::sense::SenseCode;
+use prhelper::scsi::Status;
+use prhelper_lab::helper::Helper;
+use prhelper_lab::mpath::{self, legs_with_key, lio_view, persist, Map, Multipathd, Registration};
+use prhelper_lab::nested::{tail, NestedGuest};
+use prhelper_lab::prh::{self, expect_reply, keys, outcome};
+use prhelper_lab::util::scratch_dir;
+use prhelper_lab::{ensure, sg, Result};
+
+const OBSERVER: usize = 2;
+
+/// prhelper with a client connection and the map's fd.
+struct Through {
+    helper: Helper,
+    client: prhelper::client::Client,
+    dev: File,
+}
+
+impl Through {
+    fn start(name: &str, map_dev: &Path) -> Result<Through> {
+        let scratch = scratch_dir(name)?;
+        let helper = prh::start_prhelper(&scratch.join("pr.sock"), &[])?;
+        let client = prh::connect(helper.socket())?;
+        let dev = prh::open_rw(map_dev)?;
+        Ok(Through {
+            helper,
+            client,
+            dev,
+        })
+    }
+
+    fn out(&mut self, what: &str, a: PrOutAction, ty: u8, p: &BasicParams) -> Result<prhelper::client::Response> {
+        let r = prh::pr_out(&mut self.client, &self.dev, a, ty, p)?;
+        println!("  {what}: {}", outcome(&r));
+        Ok(r)
+    }
+
+    fn expect_good(&mut self, what: &str, a: PrOutAction, ty: u8, p: &BasicParams) -> Result<()> {
+        let r = self.out(what, a, ty, p)?;
+        expect_reply(what, &r, Status::GOOD, None).map_err(|e| self.with_log(e))
+    }
+
+    fn read_keys(&mut self) -> Result<Vec<u64>> {
+        let r = prh::pr_in(&mut self.client, &self.dev, PrInAction::ReadKeys, 8192)?;
+        expect_reply("READ KEYS", &r, Status::GOOD, None)?;
+        Ok(ReadKeys::decode(&r.data).map_err(|e| e.to_string())?.keys)
+    }
+
+    fn read_reservation(&mut self) -> Result<ReadReservation> {
+        let r = prh::pr_in(&mut self.client, &self.dev, PrInAction::ReadReservation, 24)?;
+        expect_reply("READ RESERVATION", &r, Status::GOOD, None)?;
+        ReadReservation::decode(&r.data).map_err(|e| e.to_string())
+    }
+
+    fn with_log(&self, e: String) -> String {
+        format!("{e}\nprhelper log (tail):\n{}", tail(&self.helper.log_text(), 40))
+    }
+}
+
+/// The holder's leg and type text in LIO's view.
+fn holder(lun: &prhelper_lab::lio::SharedLun, regs: &[Registration]) -> Option<(usize, u64, String)> {
+    regs.iter()
+        .find(|r| r.holder)
+        .map(|r| (r.leg(lun).unwrap_or(usize::MAX), r.key, r.res_type.clone().unwrap_or_default()))
+}
+
+fn show(regs: &[Registration], lun: &prhelper_lab::lio::SharedLun) -> String {
+    regs.iter()
+        .map(|r| {
+            format!(
+                "leg {:?} key {:#x}{}{}",
+                r.leg(lun),
+                r.key,
+                if r.holder { " HOLDER " } else { "" },
+                r.res_type.as_deref().unwrap_or("")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn expect_legs(lun: &prhelper_lab::lio::SharedLun, key: u64, want: &[usize], when: &str) -> Result<Vec<Registration>> {
+    let regs = lio_view(lun, OBSERVER)?;
+    let got = legs_with_key(&regs, lun, key);
+    ensure!(
+        got == want,
+        "{when}: key {key:#x} on legs {got:?}, want {want:?} (LIO: {})",
+        show(&regs, lun)
+    );
+    Ok(regs)
+}
+
+/// SG_IO through one leg's own disk works again after it comes back (answers the
+/// pending UNIT ATTENTION).
+fn settle(disk: &Path) {
+    for _ in 0..3 {
+        let _ = sg::sg_persist(disk, &["--in", "--read-keys"]);
+    }
+}
+
+/// prhelper on a map made with dmsetup (no multipathd).
+pub fn multipath_prhelper() -> Result<()> {
+    let lun = mpath::shared_lun("mpp", 64 << 20, 3)?;
+    let map = Map::create("mpp", &lun, &[0, 1])?;
+    let mut t = Through::start("multipath-prhelper", map.dev())?;
+    let legs = [0usize, 1];
+    let obs = lun.device(OBSERVER).disk.clone();
+    use PrOutAction::*;
+
+    // REGISTER reaches both paths (SG_IO on the map would reach one: mpath_fixture).
+    const A: u64 = 0xa1;
+    t.expect_good("REGISTER 0 -> A", Register, 0, &keys(0, A))?;
+    expect_legs(&lun, A, &legs, "after REGISTER")?;
+    let k = t.read_keys()?;
+    ensure!(k == [A, A], "READ KEYS through prhelper: {k:x?}");
+
+    // RESERVE, then RESERVE again with dm preferring the path that does not hold it.
+    t.expect_good("RESERVE WE_RO", Reserve, 5, &keys(A, 0))?;
+    let regs = lio_view(&lun, OBSERVER)?;
+    let (h, hk, ty) = holder(&lun, &regs).ok_or("no holder after RESERVE")?;
+    ensure!(legs.contains(&h) && hk == A && ty.contains("registrants only"), "holder after RESERVE: leg {h} {hk:#x} {ty}");
+    let other = 1 - h;
+    map.fail_path(h)?; // dm now tries `other` first: it answers RESERVATION CONFLICT
+    t.expect_good("RESERVE again, holder path failed in dm", Reserve, 5, &keys(A, 0))?;
+    map.reinstate_path(h)?;
+    let rr = t.read_reservation()?;
+    ensure!(rr.reservation.map(|r| (r.key, r.pr_type)) == Some((A, 5)), "READ RESERVATION: {rr:?}");
+
+    // RELEASE while the holding path is down (LIO: the nexus is gone; dm does not know).
+    map.path_offline(h)?;
+    t.expect_good("RELEASE, holding path offline", Release, 5, &keys(A, 0))?;
+    let regs = lio_view(&lun, OBSERVER)?;
+    ensure!(holder(&lun, &regs).is_none(), "still reserved after RELEASE: {}", show(&regs, &lun));
+    ensure!(legs_with_key(&regs, &lun, A).contains(&other), "reachable path lost its key: {}", show(&regs, &lun));
+    map.path_online(h)?;
+    settle(&map.paths()[h].disk);
+    t.expect_good("REGISTER AND IGNORE A (restore)", RegisterAndIgnore, 0, &keys(0, A))?;
+    expect_legs(&lun, A, &legs, "after restoring")?;
+
+    // REGISTER (key change) while one path is down, then a REGISTER where that path
+    // conflicts (it came back with the stale key): retried with REGISTER AND IGNORE.
+    const A2: u64 = 0xa2;
+    const A3: u64 = 0xa3;
+    map.path_offline(1)?;
+    t.expect_good("REGISTER A -> A2, path 1 offline", Register, 0, &keys(A, A2))?;
+    expect_legs(&lun, A2, &[0], "A2 with path 1 offline")?;
+    map.path_online(1)?;
+    settle(&map.paths()[1].disk);
+    expect_legs(&lun, A, &[1], "path 1 back with its stale key")?;
+    t.expect_good("REGISTER A2 -> A3, path 1 conflicts", Register, 0, &keys(A2, A3))?;
+    expect_legs(&lun, A3, &legs, "after the conflicting REGISTER")?;
+    let log = t.helper.log_text();
+    ensure!(log.contains("Conflict"), "no conflicting path seen in the log");
+
+    // PREEMPT another host's reservation.
+    const B: u64 = 0xb2;
+    sg::register(&obs, B)?;
+    sg::reserve(&obs, B, 1)?.ok()?;
+    t.expect_good("PREEMPT B", Preempt, 1, &keys(A3, B))?;
+    let regs = expect_legs(&lun, A3, &legs, "after PREEMPT of B")?;
+    ensure!(legs_with_key(&regs, &lun, B).is_empty(), "B survived PREEMPT: {}", show(&regs, &lun));
+    let (h, _, ty) = holder(&lun, &regs).ok_or("no holder after PREEMPT")?;
+    ensure!(legs.contains(&h) && ty == "Write Exclusive", "holder after PREEMPT: leg {h} {ty}");
+
+    // Self-preempt to change the type: our key must stay on both paths.
+    t.expect_good("PREEMPT own key (type 1 -> 3)", Preempt, 3, &keys(A3, A3))?;
+    let regs = expect_legs(&lun, A3, &legs, "after self-preempt")?;
+    let (h, _, ty) = holder(&lun, &regs).ok_or("no holder after self-preempt")?;
+    ensure!(ty == "Exclusive Access", "type after self-preempt: {ty}");
+
+    // Key change while the holding path is down (and failed in dm).
+    const A4: u64 = 0xa4;
+    map.path_offline(h)?;
+    map.fail_path(h)?;
+    t.expect_good("REGISTER A3 -> A4, holding path down", Register, 0, &keys(A3, A4))?;
+    let regs = lio_view(&lun, OBSERVER)?;
+    let (h2, hk, _) = holder(&lun, &regs).ok_or("no holder after key change")?;
+    ensure!(h2 == 1 - h && hk == A4, "reservation not moved to the new key: {}", show(&regs, &lun));
+    ensure!(legs_with_key(&regs, &lun, A3).is_empty(), "old key left: {}", show(&regs, &lun));
+    map.path_online(h)?;
+    map.reinstate_path(h)?;
+    settle(&map.paths()[h].disk);
+    t.expect_good("REGISTER AND IGNORE A4 (restore)", RegisterAndIgnore, 0, &keys(0, A4))?;
+    expect_legs(&lun, A4, &legs, "after restoring A4")?;
+
+    // Unregister while holding the reservation through a dead path.
+    let (h, _, _) = holder(&lun, &lio_view(&lun, OBSERVER)?).ok_or("no holder")?;
+    map.path_offline(h)?;
+    map.fail_path(h)?;
+    t.expect_good("REGISTER A4 -> 0 while holding, holding path down", Register, 0, &keys(A4, 0))?;
+    let regs = lio_view(&lun, OBSERVER)?;
+    ensure!(holder(&lun, &regs).is_none(), "reservation left behind: {}", show(&regs, &lun));
+    ensure!(legs_with_key(&regs, &lun, A4).is_empty(), "keys left behind: {}", show(&regs, &lun));
+    map.path_online(h)?;
+    map.reinstate_path(h)?;
+    settle(&map.paths()[h].disk);
+
+    // SPEC_I_PT names the observer once; ALL_TG_PT keeps its bit on every path.
+    const C: u64 = 0xc3;
+    let tid = prh::sas_tid(lun.targets[OBSERVER].initiator())?;
+    let p = BasicParams {
+        sa_key: C,
+        transport_ids: Some(vec![tid]),
+        ..Default::default()
+    };
+    t.expect_good("REGISTER C with SPEC_I_PT (observer)", Register, 0, &p)?;
+    expect_legs(&lun, C, &[0, 1, OBSERVER], "after SPEC_I_PT")?;
+    t.expect_good("CLEAR", Clear, 0, &keys(C, 0))?;
+    let regs = lio_view(&lun, OBSERVER)?;
+    ensure!(regs.is_empty(), "registrations after CLEAR: {}", show(&regs, &lun));
+    let p = BasicParams {
+        sa_key: C,
+        all_tg_pt: true,
+        ..Default::default()
+    };
+    t.expect_good("REGISTER C with ALL_TG_PT", Register, 0, &p)?;
+    let regs = expect_legs(&lun, C, &legs, "after ALL_TG_PT")?;
+    ensure!(regs.iter().all(|r| r.all_tg_pt), "ALL_TG_PT bit lost: {regs:?}");
+    // LIO: an ALL_TG_PT registration is removed only by an unregister with ALL_TG_PT.
+    let p = BasicParams {
+        key: C,
+        all_tg_pt: true,
+        ..Default::default()
+    };
+    t.expect_good("REGISTER C -> 0 with ALL_TG_PT", Register, 0, &p)?;
+    expect_legs(&lun, C, &[], "after unregistering")?;
+
+    // Every path down: the real path error, never GOOD.
+    map.path_offline(0)?;
+    map.path_offline(1)?;
+    let r = prh::pr_in(&mut t.client, &t.dev, PrInAction::ReadKeys, 8192)?;
+    println!("  READ KEYS, every path offline: {}", outcome(&r));
+    expect_reply("READ KEYS, every path offline", &r, Status::CHECK_CONDITION, Some(SenseCode::I_T_NEXUS_LOSS))?;
+    let r = t.out("REGISTER, every path offline", Register, 0, &keys(0, C))?;
+    expect_reply("REGISTER, every path offline", &r, Status::CHECK_CONDITION, Some(SenseCode::I_T_NEXUS_LOSS))?;
+    map.path_online(0)?;
+    map.path_online(1)?;
+    settle(&map.paths()[0].disk);
+    settle(&map.paths()[1].disk);
+
+    // The kernel's block PR ioctl on the same map, one path down: dm sends REGISTER to
+    // every path, stops at the failure and unregisters everywhere.
+    const D: u64 = 0xd4;
+    map.path_offline(1)?;
+    let start = Instant::now();
+    let rc = ioc_pr_register(map.dev(), 0, D, Duration::from_secs(90));
+    println!("  IOC_PR_REGISTER on the map, path 1 offline: {rc:?} after {:.1}s", start.elapsed().as_secs_f64());
+    let regs = lio_view(&lun, OBSERVER)?;
+    println!("  LIO after IOC_PR_REGISTER: [{}]", show(&regs, &lun));
+    ensure!(!matches!(rc, Ok(0)), "IOC_PR_REGISTER succeeded with a path down");
+    t.expect_good("prhelper REGISTER AND IGNORE, same state", RegisterAndIgnore, 0, &keys(0, D))?;
+    expect_legs(&lun, D, &[0], "prhelper REGISTER with path 1 offline")?;
+    map.path_online(1)?;
+    settle(&map.paths()[1].disk);
+    t.expect_good("REGISTER AND IGNORE 0 (clean up)", RegisterAndIgnore, 0, &keys(0, 0))?;
+
+    let Through { helper, client, dev } = t;
+    drop((client, dev));
+    let status = helper.stop()?;
+    ensure!(status.success(), "prhelper exit: {status}");
+    drop(map);
+    Ok(())
+}
+
+/// `IOC_PR_REGISTER` on `dev`, in a thread so that a hang is reported, not inherited.
+/// Ok(return value of the ioctl: 0, a positive PR status, or -errno).
+fn ioc_pr_register(dev: &Path, old: u64, new: u64, timeout: Duration) -> Result<i64> {
+    #[repr(C)]
+    struct PrRegistration {
+        old_key: u64,
+        new_key: u64,
+        flags: u32,
+        pad: u32,
+    }
+    const IOC_PR_REGISTER: u64 = 0x4018_70c8; // _IOW('p', 200, struct pr_registration)
+    let f = prh::open_rw(dev)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = PrRegistration {
+            old_key: old,
+            new_key: new,
+            flags: 0,
+            pad: 0,
+        };
+        // SAFETY: `r` is a live `struct pr_registration` for this synchronous ioctl,
+        // which only reads it; `f` stays open until the call returns.
+        let rc = unsafe { libc::ioctl(f.as_raw_fd(), IOC_PR_REGISTER as _, &mut r) };
+        let v = if rc < 0 {
+            -i64::from(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+        } else {
+            i64::from(rc)
+        };
+        let _ = tx.send(v);
+    });
+    rx.recv_timeout(timeout)
+        .map_err(|_| format!("IOC_PR_REGISTER did not return within {timeout:?}"))
+}
+
+/// prhelper with Debian's multipathd, then Debian's mpathpersist on the same map.
+pub fn multipath_multipathd() -> Result<()> {
+    let lun = mpath::shared_lun("mpd", 64 << 20, 3)?;
+    let mpd = Multipathd::start(&lun, &[0, 1])?;
+    println!("  multipathd map {} ({}) up in {:?}", mpd.alias(), mpd.dev().display(), mpd.timings);
+    let legs = [0usize, 1];
+    use PrOutAction::*;
+    // prhelper starts after multipathd, so that it connects at start-up.
+    let mut t = Through::start("multipath-multipathd", mpd.dev())?;
+
+    const A: u64 = 0x1a;
+    const A2: u64 = 0x2a;
+    t.expect_good("REGISTER 0 -> A", Register, 0, &keys(0, A))?;
+    expect_legs(&lun, A, &legs, "after REGISTER")?;
+    ensure!(mpd.getprkey()? == Some(A), "multipathd key: {:?}", mpd.getprkey());
+    ensure!(mpd.getprstatus()?, "multipathd prstatus not set");
+    ensure!(mpd.prkeys_entry().map(|e| e.0) == Some(A), "prkeys file: {}", mpd.prkeys_file());
+
+    // A path goes down; the key changes meanwhile; the path comes back with the stale
+    // key and multipathd registers the new one there.
+    mpd.paths()[1].set_online(false)?;
+    let down = mpd.wait_path_up(1, false, Duration::from_secs(30))?;
+    println!("  multipathd saw path 1 down after {:.1}s", down.as_secs_f64());
+    t.expect_good("REGISTER A -> A2, path 1 down", Register, 0, &keys(A, A2))?;
+    expect_legs(&lun, A2, &[0], "A2 while path 1 is down")?;
+    ensure!(mpd.getprkey()? == Some(A2), "multipathd key after change: {:?}", mpd.getprkey());
+    mpd.paths()[1].set_online(true)?;
+    let up = mpd.wait_path_up(1, true, Duration::from_secs(30))?;
+    let t0 = Instant::now();
+    let mut regs = Vec::new();
+    while t0.elapsed() < Duration::from_secs(20) {
+        regs = lio_view(&lun, OBSERVER)?;
+        if legs_with_key(&regs, &lun, A2) == legs {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ensure!(
+        legs_with_key(&regs, &lun, A2) == legs,
+        "multipathd did not register the reinstated path: {}\nmultipathd log:\n{}",
+        show(&regs, &lun),
+        mpd.log_tail(30)
+    );
+    println!(
+        "  path 1 back up after {:.1}s; multipathd registered A2 on it {:.1}s later",
+        up.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+
+    t.expect_good("RESERVE WE_RO", Reserve, 5, &keys(A2, 0))?;
+    t.expect_good("RELEASE", Release, 5, &keys(A2, 0))?;
+    t.expect_good("REGISTER A2 -> 0", Register, 0, &keys(A2, 0))?;
+    expect_legs(&lun, A2, &[], "after unregister")?;
+    ensure!(mpd.getprkey()?.is_none(), "multipathd still has a key: {:?}", mpd.getprkey());
+    ensure!(!mpd.getprstatus()?, "multipathd prstatus still set");
+    let pr_log = t.helper.log_text();
+    t.helper.stop()?;
+
+    // The same steps through Debian's mpathpersist (0.9.4), compared with LIO's view
+    // after each step; then the case where they differ.
+    let dev = mpd.dev().to_path_buf();
+    let steps: &[(&str, &dyn Fn() -> Result<prhelper_lab::util::Output>)] = &[
+        ("register", &|| persist::register(&dev, 0, A)),
+        ("reserve", &|| persist::reserve(&dev, A, 5)),
+        ("release", &|| persist::release(&dev, A, 5)),
+        ("unregister", &|| persist::register(&dev, A, 0)),
+    ];
+    for (what, step) in steps {
+        let o = step()?;
+        let regs = lio_view(&lun, OBSERVER)?;
+        println!("  mpathpersist {what}: exit {}; LIO: [{}]", o.status, show(&regs, &lun));
+        ensure!(o.status == 0, "mpathpersist {what}: {}", o.describe());
+        let expect: &[usize] = if *what == "unregister" { &[] } else { &legs };
+        ensure!(legs_with_key(&regs, &lun, A) == expect, "mpathpersist {what}: {}", show(&regs, &lun));
+    }
+    // A REGISTER where one path holds a stale key: 0.9.4 rolls back with a conflict.
+    sg::sg_persist(&mpd.paths()[1].disk, &["--out", "--register-ignore", "--param-sark=0x77"])?.ok()?;
+    let o = persist::register(&dev, 0, A)?;
+    let regs = lio_view(&lun, OBSERVER)?;
+    println!("  mpathpersist REGISTER with a conflicting path: exit {}; LIO: [{}]", o.status, show(&regs, &lun));
+    // prhelper, same state: both paths end with the key.
+    let _ = persist::register_ignore(&dev, 0);
+    let _ = sg::sg_persist(&mpd.paths()[1].disk, &["--out", "--register-ignore", "--param-sark=0"]);
+    let _ = sg::sg_persist(&mpd.paths()[0].disk, &["--out", "--register-ignore", "--param-sark=0"]);
+    sg::sg_persist(&mpd.paths()[1].disk, &["--out", "--register-ignore", "--param-sark=0x77"])?.ok()?;
+    let mut t = Through::start("multipath-multipathd-2", &dev)?;
+    t.expect_good("prhelper REGISTER with a conflicting path", Register, 0, &keys(0, A))?;
+    expect_legs(&lun, A, &legs, "prhelper with a conflicting path")?;
+    t.expect_good("REGISTER A -> 0", Register, 0, &keys(A, 0))?;
+    let Through { helper, client, dev } = t;
+    drop((client, dev));
+    helper.stop()?;
+    for cmd in ["setprkey map", "setprstatus map", "unsetprstatus map", "unsetprkey map"] {
+        ensure!(
+            pr_log.lines().any(|l| l.contains(cmd) && l.ends_with(": ok")),
+            "multipathd did not accept '{cmd}':\n{}",
+            tail(&pr_log, 30)
+        );
+    }
+    drop(mpd);
+    Ok(())
+}
+
+/// A nested QEMU guest on a multipath map: its REGISTER reaches both paths.
+pub fn multipath_nested_qemu() -> Result<()> {
+    const KEY: u64 = 0xabc;
+    let lun = mpath::shared_lun("mpn", 64 << 20, 3)?;
+    let map = Map::create("mpn", &lun, &[0, 1])?;
+    let scratch = scratch_dir("multipath-nested")?;
+    let helper = prh::start_prhelper(&scratch.join("pr.sock"), &[])?;
+    let script = format!(
+        "set -x\n\
+         sg_persist --out --register --param-sark=0x{KEY:x} \"$LAB_DISK\" || exit 10\n\
+         sg_persist --in --read-keys \"$LAB_DISK\" || exit 11\n\
+         sg_persist --out --reserve --param-rk=0x{KEY:x} --prout-type=5 \"$LAB_DISK\" || exit 12\n"
+    );
+    let outcome = NestedGuest::new(&script)
+        .with_pr_helper(helper.socket())
+        .with_disk(map.dev())
+        .run()
+        .map_err(|e| format!("{e}\nhelper log:\n{}", helper.log_text()))?;
+    println!("  nested guest ran for {:.1}s", outcome.duration.as_secs_f64());
+    ensure!(
+        outcome.status == 0,
+        "nested script exited {}; console tail:\n{}\nhelper log:\n{}",
+        outcome.status,
+        tail(&outcome.console, 30),
+        helper.log_text()
+    );
+    let regs = expect_legs(&lun, KEY, &[0, 1], "after the guest's REGISTER")?;
+    ensure!(
+        holder(&lun, &regs).is_some_and(|(_, k, t)| k == KEY && t.contains("registrants only")),
+        "guest's reservation: {}",
+        show(&regs, &lun)
+    );
+    let status = helper.stop()?;
+    ensure!(status.success(), "prhelper exit: {status}");
+    drop(map);
+    Ok(())
+}
