@@ -215,7 +215,7 @@ fn start(args: &Args, ready_pipe: &mut Option<UnixStream>) -> Result<(), StartEr
             }
             Some(_) => {
                 if identity.is_some_and(|i| !i.uid.is_root()) {
-                    warn!("multipath: with -u, multipathd accepts PR commands only over the connection opened now as root; if multipathd restarts, paths that come back are not registered until prhelper restarts");
+                    warn!("multipath: with -u, the user needs read access to the maps' path devices (e.g. -g disk), and multipathd accepts PR commands only over the connection opened now as root: if multipathd restarts, paths that come back are not registered until prhelper restarts");
                 }
                 Some(crate::dev::mpath::Multipath::new(plain.clone(), true))
             }

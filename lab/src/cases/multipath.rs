@@ -27,7 +27,7 @@ use prhelper_lab::helper::Helper;
 use prhelper_lab::mpath::{self, legs_with_key, lio_view, persist, Map, Multipathd, Registration};
 use prhelper_lab::nested::{tail, NestedGuest};
 use prhelper_lab::prh::{self, expect_reply, keys, outcome};
-use prhelper_lab::util::scratch_dir;
+use prhelper_lab::util::{run, run_ok, scratch_dir};
 use prhelper_lab::{ensure, sg, Result};
 
 const OBSERVER: usize = 2;
@@ -52,7 +52,13 @@ impl Through {
         })
     }
 
-    fn out(&mut self, what: &str, a: PrOutAction, ty: u8, p: &BasicParams) -> Result<prhelper::client::Response> {
+    fn out(
+        &mut self,
+        what: &str,
+        a: PrOutAction,
+        ty: u8,
+        p: &BasicParams,
+    ) -> Result<prhelper::client::Response> {
         let r = prh::pr_out(&mut self.client, &self.dev, a, ty, p)?;
         println!("  {what}: {}", outcome(&r));
         Ok(r)
@@ -76,15 +82,25 @@ impl Through {
     }
 
     fn with_log(&self, e: String) -> String {
-        format!("{e}\nprhelper log (tail):\n{}", tail(&self.helper.log_text(), 40))
+        format!(
+            "{e}\nprhelper log (tail):\n{}",
+            tail(&self.helper.log_text(), 40)
+        )
     }
 }
 
 /// The holder's leg and type text in LIO's view.
-fn holder(lun: &prhelper_lab::lio::SharedLun, regs: &[Registration]) -> Option<(usize, u64, String)> {
-    regs.iter()
-        .find(|r| r.holder)
-        .map(|r| (r.leg(lun).unwrap_or(usize::MAX), r.key, r.res_type.clone().unwrap_or_default()))
+fn holder(
+    lun: &prhelper_lab::lio::SharedLun,
+    regs: &[Registration],
+) -> Option<(usize, u64, String)> {
+    regs.iter().find(|r| r.holder).map(|r| {
+        (
+            r.leg(lun).unwrap_or(usize::MAX),
+            r.key,
+            r.res_type.clone().unwrap_or_default(),
+        )
+    })
 }
 
 fn show(regs: &[Registration], lun: &prhelper_lab::lio::SharedLun) -> String {
@@ -102,7 +118,12 @@ fn show(regs: &[Registration], lun: &prhelper_lab::lio::SharedLun) -> String {
         .join("; ")
 }
 
-fn expect_legs(lun: &prhelper_lab::lio::SharedLun, key: u64, want: &[usize], when: &str) -> Result<Vec<Registration>> {
+fn expect_legs(
+    lun: &prhelper_lab::lio::SharedLun,
+    key: u64,
+    want: &[usize],
+    when: &str,
+) -> Result<Vec<Registration>> {
     let regs = lio_view(lun, OBSERVER)?;
     let got = legs_with_key(&regs, lun, key);
     ensure!(
@@ -130,6 +151,48 @@ pub fn multipath_prhelper() -> Result<()> {
     let obs = lun.device(OBSERVER).disk.clone();
     use PrOutAction::*;
 
+    // --multipath=off: CAP_SYS_ADMIN dropped, SG_IO on the map: one leg registered.
+    let cap_eff = |pid: u32| -> Result<String> {
+        let st =
+            std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+        Ok(st
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .unwrap_or("")
+            .trim()
+            .to_string())
+    };
+    t.read_keys()?;
+    ensure!(
+        cap_eff(t.helper.pid())? == "0000000000220000",
+        "CapEff with multipath on: {}",
+        cap_eff(t.helper.pid())?
+    );
+    {
+        let scratch = scratch_dir("multipath-off")?;
+        let off = prh::start_prhelper(&scratch.join("pr.sock"), &["--multipath=off"])?;
+        let mut c = prh::connect(off.socket())?;
+        // (The socket accepts before privileges are dropped; a reply comes after.)
+        let r = prh::pr_out(&mut c, &t.dev, Register, 0, &keys(0, 0xf0))?;
+        expect_reply("REGISTER with --multipath=off", &r, Status::GOOD, None)?;
+        ensure!(
+            cap_eff(off.pid())? == "0000000000020000",
+            "CapEff with --multipath=off: {}",
+            cap_eff(off.pid())?
+        );
+        let regs = lio_view(&lun, OBSERVER)?;
+        let on = legs_with_key(&regs, &lun, 0xf0);
+        println!("  --multipath=off: REGISTER reached legs {on:?}");
+        ensure!(on.len() == 1, "--multipath=off registered legs {on:?}");
+        sg::sg_persist(
+            &lun.device(on[0]).disk,
+            &["--out", "--register", "--param-rk=0xf0", "--param-sark=0"],
+        )?
+        .ok()?;
+        drop(c);
+        off.stop()?;
+    }
+
     // REGISTER reaches both paths (SG_IO on the map would reach one: mpath_fixture).
     const A: u64 = 0xa1;
     t.expect_good("REGISTER 0 -> A", Register, 0, &keys(0, A))?;
@@ -141,23 +204,47 @@ pub fn multipath_prhelper() -> Result<()> {
     t.expect_good("RESERVE WE_RO", Reserve, 5, &keys(A, 0))?;
     let regs = lio_view(&lun, OBSERVER)?;
     let (h, hk, ty) = holder(&lun, &regs).ok_or("no holder after RESERVE")?;
-    ensure!(legs.contains(&h) && hk == A && ty.contains("registrants only"), "holder after RESERVE: leg {h} {hk:#x} {ty}");
+    ensure!(
+        legs.contains(&h) && hk == A && ty.contains("registrants only"),
+        "holder after RESERVE: leg {h} {hk:#x} {ty}"
+    );
     let other = 1 - h;
     map.fail_path(h)?; // dm now tries `other` first: it answers RESERVATION CONFLICT
-    t.expect_good("RESERVE again, holder path failed in dm", Reserve, 5, &keys(A, 0))?;
+    t.expect_good(
+        "RESERVE again, holder path failed in dm",
+        Reserve,
+        5,
+        &keys(A, 0),
+    )?;
     map.reinstate_path(h)?;
     let rr = t.read_reservation()?;
-    ensure!(rr.reservation.map(|r| (r.key, r.pr_type)) == Some((A, 5)), "READ RESERVATION: {rr:?}");
+    ensure!(
+        rr.reservation.map(|r| (r.key, r.pr_type)) == Some((A, 5)),
+        "READ RESERVATION: {rr:?}"
+    );
 
     // RELEASE while the holding path is down (LIO: the nexus is gone; dm does not know).
     map.path_offline(h)?;
     t.expect_good("RELEASE, holding path offline", Release, 5, &keys(A, 0))?;
     let regs = lio_view(&lun, OBSERVER)?;
-    ensure!(holder(&lun, &regs).is_none(), "still reserved after RELEASE: {}", show(&regs, &lun));
-    ensure!(legs_with_key(&regs, &lun, A).contains(&other), "reachable path lost its key: {}", show(&regs, &lun));
+    ensure!(
+        holder(&lun, &regs).is_none(),
+        "still reserved after RELEASE: {}",
+        show(&regs, &lun)
+    );
+    ensure!(
+        legs_with_key(&regs, &lun, A).contains(&other),
+        "reachable path lost its key: {}",
+        show(&regs, &lun)
+    );
     map.path_online(h)?;
     settle(&map.paths()[h].disk);
-    t.expect_good("REGISTER AND IGNORE A (restore)", RegisterAndIgnore, 0, &keys(0, A))?;
+    t.expect_good(
+        "REGISTER AND IGNORE A (restore)",
+        RegisterAndIgnore,
+        0,
+        &keys(0, A),
+    )?;
     expect_legs(&lun, A, &legs, "after restoring")?;
 
     // REGISTER (key change) while one path is down, then a REGISTER where that path
@@ -165,15 +252,28 @@ pub fn multipath_prhelper() -> Result<()> {
     const A2: u64 = 0xa2;
     const A3: u64 = 0xa3;
     map.path_offline(1)?;
-    t.expect_good("REGISTER A -> A2, path 1 offline", Register, 0, &keys(A, A2))?;
+    t.expect_good(
+        "REGISTER A -> A2, path 1 offline",
+        Register,
+        0,
+        &keys(A, A2),
+    )?;
     expect_legs(&lun, A2, &[0], "A2 with path 1 offline")?;
     map.path_online(1)?;
     settle(&map.paths()[1].disk);
     expect_legs(&lun, A, &[1], "path 1 back with its stale key")?;
-    t.expect_good("REGISTER A2 -> A3, path 1 conflicts", Register, 0, &keys(A2, A3))?;
+    t.expect_good(
+        "REGISTER A2 -> A3, path 1 conflicts",
+        Register,
+        0,
+        &keys(A2, A3),
+    )?;
     expect_legs(&lun, A3, &legs, "after the conflicting REGISTER")?;
     let log = t.helper.log_text();
-    ensure!(log.contains("Conflict"), "no conflicting path seen in the log");
+    ensure!(
+        log.contains("Conflict"),
+        "no conflicting path seen in the log"
+    );
 
     // PREEMPT another host's reservation.
     const B: u64 = 0xb2;
@@ -181,9 +281,16 @@ pub fn multipath_prhelper() -> Result<()> {
     sg::reserve(&obs, B, 1)?.ok()?;
     t.expect_good("PREEMPT B", Preempt, 1, &keys(A3, B))?;
     let regs = expect_legs(&lun, A3, &legs, "after PREEMPT of B")?;
-    ensure!(legs_with_key(&regs, &lun, B).is_empty(), "B survived PREEMPT: {}", show(&regs, &lun));
+    ensure!(
+        legs_with_key(&regs, &lun, B).is_empty(),
+        "B survived PREEMPT: {}",
+        show(&regs, &lun)
+    );
     let (h, _, ty) = holder(&lun, &regs).ok_or("no holder after PREEMPT")?;
-    ensure!(legs.contains(&h) && ty == "Write Exclusive", "holder after PREEMPT: leg {h} {ty}");
+    ensure!(
+        legs.contains(&h) && ty == "Write Exclusive",
+        "holder after PREEMPT: leg {h} {ty}"
+    );
 
     // Self-preempt to change the type: our key must stay on both paths.
     t.expect_good("PREEMPT own key (type 1 -> 3)", Preempt, 3, &keys(A3, A3))?;
@@ -195,25 +302,56 @@ pub fn multipath_prhelper() -> Result<()> {
     const A4: u64 = 0xa4;
     map.path_offline(h)?;
     map.fail_path(h)?;
-    t.expect_good("REGISTER A3 -> A4, holding path down", Register, 0, &keys(A3, A4))?;
+    t.expect_good(
+        "REGISTER A3 -> A4, holding path down",
+        Register,
+        0,
+        &keys(A3, A4),
+    )?;
     let regs = lio_view(&lun, OBSERVER)?;
     let (h2, hk, _) = holder(&lun, &regs).ok_or("no holder after key change")?;
-    ensure!(h2 == 1 - h && hk == A4, "reservation not moved to the new key: {}", show(&regs, &lun));
-    ensure!(legs_with_key(&regs, &lun, A3).is_empty(), "old key left: {}", show(&regs, &lun));
+    ensure!(
+        h2 == 1 - h && hk == A4,
+        "reservation not moved to the new key: {}",
+        show(&regs, &lun)
+    );
+    ensure!(
+        legs_with_key(&regs, &lun, A3).is_empty(),
+        "old key left: {}",
+        show(&regs, &lun)
+    );
     map.path_online(h)?;
     map.reinstate_path(h)?;
     settle(&map.paths()[h].disk);
-    t.expect_good("REGISTER AND IGNORE A4 (restore)", RegisterAndIgnore, 0, &keys(0, A4))?;
+    t.expect_good(
+        "REGISTER AND IGNORE A4 (restore)",
+        RegisterAndIgnore,
+        0,
+        &keys(0, A4),
+    )?;
     expect_legs(&lun, A4, &legs, "after restoring A4")?;
 
     // Unregister while holding the reservation through a dead path.
     let (h, _, _) = holder(&lun, &lio_view(&lun, OBSERVER)?).ok_or("no holder")?;
     map.path_offline(h)?;
     map.fail_path(h)?;
-    t.expect_good("REGISTER A4 -> 0 while holding, holding path down", Register, 0, &keys(A4, 0))?;
+    t.expect_good(
+        "REGISTER A4 -> 0 while holding, holding path down",
+        Register,
+        0,
+        &keys(A4, 0),
+    )?;
     let regs = lio_view(&lun, OBSERVER)?;
-    ensure!(holder(&lun, &regs).is_none(), "reservation left behind: {}", show(&regs, &lun));
-    ensure!(legs_with_key(&regs, &lun, A4).is_empty(), "keys left behind: {}", show(&regs, &lun));
+    ensure!(
+        holder(&lun, &regs).is_none(),
+        "reservation left behind: {}",
+        show(&regs, &lun)
+    );
+    ensure!(
+        legs_with_key(&regs, &lun, A4).is_empty(),
+        "keys left behind: {}",
+        show(&regs, &lun)
+    );
     map.path_online(h)?;
     map.reinstate_path(h)?;
     settle(&map.paths()[h].disk);
@@ -230,7 +368,11 @@ pub fn multipath_prhelper() -> Result<()> {
     expect_legs(&lun, C, &[0, 1, OBSERVER], "after SPEC_I_PT")?;
     t.expect_good("CLEAR", Clear, 0, &keys(C, 0))?;
     let regs = lio_view(&lun, OBSERVER)?;
-    ensure!(regs.is_empty(), "registrations after CLEAR: {}", show(&regs, &lun));
+    ensure!(
+        regs.is_empty(),
+        "registrations after CLEAR: {}",
+        show(&regs, &lun)
+    );
     let p = BasicParams {
         sa_key: C,
         all_tg_pt: true,
@@ -238,7 +380,10 @@ pub fn multipath_prhelper() -> Result<()> {
     };
     t.expect_good("REGISTER C with ALL_TG_PT", Register, 0, &p)?;
     let regs = expect_legs(&lun, C, &legs, "after ALL_TG_PT")?;
-    ensure!(regs.iter().all(|r| r.all_tg_pt), "ALL_TG_PT bit lost: {regs:?}");
+    ensure!(
+        regs.iter().all(|r| r.all_tg_pt),
+        "ALL_TG_PT bit lost: {regs:?}"
+    );
     // LIO: an ALL_TG_PT registration is removed only by an unregister with ALL_TG_PT.
     let p = BasicParams {
         key: C,
@@ -248,14 +393,96 @@ pub fn multipath_prhelper() -> Result<()> {
     t.expect_good("REGISTER C -> 0 with ALL_TG_PT", Register, 0, &p)?;
     expect_legs(&lun, C, &[], "after unregistering")?;
 
+    // PREEMPT AND ABORT: its rejection only (an accepted one can deadlock LIO 6.1).
+    let r = t.out(
+        "PREEMPT AND ABORT, unregistered",
+        PreemptAndAbort,
+        1,
+        &keys(0x999, C),
+    )?;
+    expect_reply(
+        "PREEMPT AND ABORT, unregistered",
+        &r,
+        Status::RESERVATION_CONFLICT,
+        None,
+    )?;
+
+    // REGISTER AND MOVE to the observer's port, with the holder path failed in dm so
+    // that the other path (which conflicts) is tried first.
+    const M: u64 = 0xe5;
+    const MB: u64 = 0xb5;
+    sg::register(&obs, MB)?;
+    let rtpi = lio_view(&lun, OBSERVER)?
+        .iter()
+        .find(|r| r.leg(&lun) == Some(OBSERVER))
+        .map(|r| r.rel_port)
+        .ok_or("observer's registration missing")?;
+    sg::sg_persist(
+        &obs,
+        &[
+            "--out",
+            "--register",
+            &format!("--param-rk=0x{MB:x}"),
+            "--param-sark=0",
+        ],
+    )?
+    .ok()?;
+    t.expect_good("REGISTER M", Register, 0, &keys(0, M))?;
+    t.expect_good("RESERVE WE", Reserve, 1, &keys(M, 0))?;
+    let (h, _, _) =
+        holder(&lun, &lio_view(&lun, OBSERVER)?).ok_or("no holder before REGISTER AND MOVE")?;
+    map.fail_path(h)?;
+    let params = prhelper::scsi::prout::RegisterMoveParams {
+        key: M,
+        sa_key: MB,
+        unreg: false,
+        aptpl: false,
+        relative_target_port: rtpi,
+        transport_id: prh::sas_tid(lun.targets[OBSERVER].initiator())?,
+    }
+    .encode();
+    let cdb = prhelper::scsi::cdb::pr_out(RegisterAndMove, 0, 1, params.len() as u32);
+    let r = t
+        .client
+        .execute(std::os::fd::AsFd::as_fd(&t.dev), &cdb, &params, 0)
+        .map_err(|e| e.to_string())?;
+    println!("  REGISTER AND MOVE to the observer: {}", outcome(&r));
+    expect_reply("REGISTER AND MOVE", &r, Status::GOOD, None).map_err(|e| t.with_log(e))?;
+    map.reinstate_path(h)?;
+    let regs = lio_view(&lun, OBSERVER)?;
+    let (hl, hk, _) = holder(&lun, &regs).ok_or("no holder after REGISTER AND MOVE")?;
+    ensure!(
+        hl == OBSERVER && hk == MB,
+        "after REGISTER AND MOVE: {}",
+        show(&regs, &lun)
+    );
+    ensure!(
+        legs_with_key(&regs, &lun, M) == legs,
+        "our key after REGISTER AND MOVE: {}",
+        show(&regs, &lun)
+    );
+    sg::clear(&obs, MB)?;
+    settle(&map.paths()[0].disk);
+    settle(&map.paths()[1].disk);
+
     // Every path down: the real path error, never GOOD.
     map.path_offline(0)?;
     map.path_offline(1)?;
     let r = prh::pr_in(&mut t.client, &t.dev, PrInAction::ReadKeys, 8192)?;
     println!("  READ KEYS, every path offline: {}", outcome(&r));
-    expect_reply("READ KEYS, every path offline", &r, Status::CHECK_CONDITION, Some(SenseCode::I_T_NEXUS_LOSS))?;
+    expect_reply(
+        "READ KEYS, every path offline",
+        &r,
+        Status::CHECK_CONDITION,
+        Some(SenseCode::I_T_NEXUS_LOSS),
+    )?;
     let r = t.out("REGISTER, every path offline", Register, 0, &keys(0, C))?;
-    expect_reply("REGISTER, every path offline", &r, Status::CHECK_CONDITION, Some(SenseCode::I_T_NEXUS_LOSS))?;
+    expect_reply(
+        "REGISTER, every path offline",
+        &r,
+        Status::CHECK_CONDITION,
+        Some(SenseCode::I_T_NEXUS_LOSS),
+    )?;
     map.path_online(0)?;
     map.path_online(1)?;
     settle(&map.paths()[0].disk);
@@ -267,21 +494,85 @@ pub fn multipath_prhelper() -> Result<()> {
     map.path_offline(1)?;
     let start = Instant::now();
     let rc = ioc_pr_register(map.dev(), 0, D, Duration::from_secs(90));
-    println!("  IOC_PR_REGISTER on the map, path 1 offline: {rc:?} after {:.1}s", start.elapsed().as_secs_f64());
+    println!(
+        "  IOC_PR_REGISTER on the map, path 1 offline: {rc:?} after {:.1}s",
+        start.elapsed().as_secs_f64()
+    );
     let regs = lio_view(&lun, OBSERVER)?;
     println!("  LIO after IOC_PR_REGISTER: [{}]", show(&regs, &lun));
-    ensure!(!matches!(rc, Ok(0)), "IOC_PR_REGISTER succeeded with a path down");
-    t.expect_good("prhelper REGISTER AND IGNORE, same state", RegisterAndIgnore, 0, &keys(0, D))?;
+    ensure!(
+        !matches!(rc, Ok(0)),
+        "IOC_PR_REGISTER succeeded with a path down"
+    );
+    t.expect_good(
+        "prhelper REGISTER AND IGNORE, same state",
+        RegisterAndIgnore,
+        0,
+        &keys(0, D),
+    )?;
     expect_legs(&lun, D, &[0], "prhelper REGISTER with path 1 offline")?;
     map.path_online(1)?;
     settle(&map.paths()[1].disk);
-    t.expect_good("REGISTER AND IGNORE 0 (clean up)", RegisterAndIgnore, 0, &keys(0, 0))?;
+    t.expect_good(
+        "REGISTER AND IGNORE 0 (clean up)",
+        RegisterAndIgnore,
+        0,
+        &keys(0, 0),
+    )?;
 
-    let Through { helper, client, dev } = t;
+    // The map is torn down under the held fd (`dmsetup remove --force` swaps in an
+    // error table): the device-mapper answer changes, the daemon must not care.
+    let fds = prh::fd_count(t.helper.pid())?;
+    // Fails with EBUSY (our fd), after loading the error table, which is the point.
+    let o = run("dmsetup", &["remove", "--force", map.name()])?;
+    println!(
+        "  dmsetup remove --force with the fd held: exit {}",
+        o.status
+    );
+    let table = run_ok("dmsetup", &["table", map.name()])
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    println!("  map after dmsetup remove --force: {:?}", table.trim());
+    let r = prh::pr_in(&mut t.client, &t.dev, PrInAction::ReadKeys, 8192)?;
+    println!("  READ KEYS on the torn-down map: {}", outcome(&r));
+    ensure!(
+        r.status != Status::GOOD,
+        "GOOD from a map with an error table"
+    );
+    let mut c2 = prh::connect(t.helper.socket())?;
+    let leg0 = prh::open_rw(&lun.device(0).disk)?;
+    let r = prh::pr_in(&mut c2, &leg0, PrInAction::ReadKeys, 8192)?;
+    expect_reply(
+        "READ KEYS on a leg after the map went",
+        &r,
+        Status::GOOD,
+        None,
+    )?;
+    ensure!(
+        prh::fd_count(t.helper.pid())? == fds + 1,
+        "fd count {} -> {}",
+        fds,
+        prh::fd_count(t.helper.pid())?
+    );
+    drop((c2, leg0));
+
+    let Through {
+        helper,
+        client,
+        dev,
+    } = t;
     drop((client, dev));
+    // No multipathd in this case: it works, and says so once.
+    let log = helper.log_text();
+    let warnings = log.matches("multipathd not reachable").count();
+    ensure!(
+        warnings == 1,
+        "{warnings} 'multipathd not reachable' warnings:\n{}",
+        tail(&log, 20)
+    );
     let status = helper.stop()?;
     ensure!(status.success(), "prhelper exit: {status}");
-    drop(map);
+    let _ = map.remove();
     Ok(())
 }
 
@@ -323,7 +614,12 @@ fn ioc_pr_register(dev: &Path, old: u64, new: u64, timeout: Duration) -> Result<
 pub fn multipath_multipathd() -> Result<()> {
     let lun = mpath::shared_lun("mpd", 64 << 20, 3)?;
     let mpd = Multipathd::start(&lun, &[0, 1])?;
-    println!("  multipathd map {} ({}) up in {:?}", mpd.alias(), mpd.dev().display(), mpd.timings);
+    println!(
+        "  multipathd map {} ({}) up in {:?}",
+        mpd.alias(),
+        mpd.dev().display(),
+        mpd.timings
+    );
     let legs = [0usize, 1];
     use PrOutAction::*;
     // prhelper starts after multipathd, so that it connects at start-up.
@@ -333,18 +629,33 @@ pub fn multipath_multipathd() -> Result<()> {
     const A2: u64 = 0x2a;
     t.expect_good("REGISTER 0 -> A", Register, 0, &keys(0, A))?;
     expect_legs(&lun, A, &legs, "after REGISTER")?;
-    ensure!(mpd.getprkey()? == Some(A), "multipathd key: {:?}", mpd.getprkey());
+    ensure!(
+        mpd.getprkey()? == Some(A),
+        "multipathd key: {:?}",
+        mpd.getprkey()
+    );
     ensure!(mpd.getprstatus()?, "multipathd prstatus not set");
-    ensure!(mpd.prkeys_entry().map(|e| e.0) == Some(A), "prkeys file: {}", mpd.prkeys_file());
+    ensure!(
+        mpd.prkeys_entry().map(|e| e.0) == Some(A),
+        "prkeys file: {}",
+        mpd.prkeys_file()
+    );
 
     // A path goes down; the key changes meanwhile; the path comes back with the stale
     // key and multipathd registers the new one there.
     mpd.paths()[1].set_online(false)?;
     let down = mpd.wait_path_up(1, false, Duration::from_secs(30))?;
-    println!("  multipathd saw path 1 down after {:.1}s", down.as_secs_f64());
+    println!(
+        "  multipathd saw path 1 down after {:.1}s",
+        down.as_secs_f64()
+    );
     t.expect_good("REGISTER A -> A2, path 1 down", Register, 0, &keys(A, A2))?;
     expect_legs(&lun, A2, &[0], "A2 while path 1 is down")?;
-    ensure!(mpd.getprkey()? == Some(A2), "multipathd key after change: {:?}", mpd.getprkey());
+    ensure!(
+        mpd.getprkey()? == Some(A2),
+        "multipathd key after change: {:?}",
+        mpd.getprkey()
+    );
     mpd.paths()[1].set_online(true)?;
     let up = mpd.wait_path_up(1, true, Duration::from_secs(30))?;
     let t0 = Instant::now();
@@ -372,7 +683,11 @@ pub fn multipath_multipathd() -> Result<()> {
     t.expect_good("RELEASE", Release, 5, &keys(A2, 0))?;
     t.expect_good("REGISTER A2 -> 0", Register, 0, &keys(A2, 0))?;
     expect_legs(&lun, A2, &[], "after unregister")?;
-    ensure!(mpd.getprkey()?.is_none(), "multipathd still has a key: {:?}", mpd.getprkey());
+    ensure!(
+        mpd.getprkey()?.is_none(),
+        "multipathd still has a key: {:?}",
+        mpd.getprkey()
+    );
     ensure!(!mpd.getprstatus()?, "multipathd prstatus still set");
     let pr_log = t.helper.log_text();
     t.helper.stop()?;
@@ -389,31 +704,105 @@ pub fn multipath_multipathd() -> Result<()> {
     for (what, step) in steps {
         let o = step()?;
         let regs = lio_view(&lun, OBSERVER)?;
-        println!("  mpathpersist {what}: exit {}; LIO: [{}]", o.status, show(&regs, &lun));
+        println!(
+            "  mpathpersist {what}: exit {}; LIO: [{}]",
+            o.status,
+            show(&regs, &lun)
+        );
         ensure!(o.status == 0, "mpathpersist {what}: {}", o.describe());
         let expect: &[usize] = if *what == "unregister" { &[] } else { &legs };
-        ensure!(legs_with_key(&regs, &lun, A) == expect, "mpathpersist {what}: {}", show(&regs, &lun));
+        ensure!(
+            legs_with_key(&regs, &lun, A) == expect,
+            "mpathpersist {what}: {}",
+            show(&regs, &lun)
+        );
     }
     // A REGISTER where one path holds a stale key: 0.9.4 rolls back with a conflict.
-    sg::sg_persist(&mpd.paths()[1].disk, &["--out", "--register-ignore", "--param-sark=0x77"])?.ok()?;
+    sg::sg_persist(
+        &mpd.paths()[1].disk,
+        &["--out", "--register-ignore", "--param-sark=0x77"],
+    )?
+    .ok()?;
     let o = persist::register(&dev, 0, A)?;
     let regs = lio_view(&lun, OBSERVER)?;
-    println!("  mpathpersist REGISTER with a conflicting path: exit {}; LIO: [{}]", o.status, show(&regs, &lun));
+    println!(
+        "  mpathpersist REGISTER with a conflicting path: exit {}; LIO: [{}]",
+        o.status,
+        show(&regs, &lun)
+    );
     // prhelper, same state: both paths end with the key.
     let _ = persist::register_ignore(&dev, 0);
-    let _ = sg::sg_persist(&mpd.paths()[1].disk, &["--out", "--register-ignore", "--param-sark=0"]);
-    let _ = sg::sg_persist(&mpd.paths()[0].disk, &["--out", "--register-ignore", "--param-sark=0"]);
-    sg::sg_persist(&mpd.paths()[1].disk, &["--out", "--register-ignore", "--param-sark=0x77"])?.ok()?;
+    let _ = sg::sg_persist(
+        &mpd.paths()[1].disk,
+        &["--out", "--register-ignore", "--param-sark=0"],
+    );
+    let _ = sg::sg_persist(
+        &mpd.paths()[0].disk,
+        &["--out", "--register-ignore", "--param-sark=0"],
+    );
+    sg::sg_persist(
+        &mpd.paths()[1].disk,
+        &["--out", "--register-ignore", "--param-sark=0x77"],
+    )?
+    .ok()?;
     let mut t = Through::start("multipath-multipathd-2", &dev)?;
-    t.expect_good("prhelper REGISTER with a conflicting path", Register, 0, &keys(0, A))?;
+    t.expect_good(
+        "prhelper REGISTER with a conflicting path",
+        Register,
+        0,
+        &keys(0, A),
+    )?;
     expect_legs(&lun, A, &legs, "prhelper with a conflicting path")?;
     t.expect_good("REGISTER A -> 0", Register, 0, &keys(A, 0))?;
-    let Through { helper, client, dev } = t;
+    let Through {
+        helper,
+        client,
+        dev,
+    } = t;
     drop((client, dev));
     helper.stop()?;
-    for cmd in ["setprkey map", "setprstatus map", "unsetprstatus map", "unsetprkey map"] {
+
+    // -u: multipathd takes PR commands from root only; the connection prhelper opened
+    // as root at start-up still works after it dropped to nobody (group disk: reading
+    // the path devices).
+    let scratch = scratch_dir("multipath-multipathd-u")?;
+    std::fs::set_permissions(
+        &scratch,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .map_err(|e| e.to_string())?;
+    let helper = prh::start_prhelper(&scratch.join("pr.sock"), &["-u", "nobody", "-g", "disk"])?;
+    let mut client = prh::connect(helper.socket())?;
+    let devf = prh::open_rw(mpd.dev())?;
+    const U: u64 = 0x3a;
+    let r = prh::pr_out(&mut client, &devf, Register, 0, &keys(0, U))?;
+    println!("  REGISTER as nobody:disk: {}", outcome(&r));
+    expect_reply("REGISTER as nobody", &r, Status::GOOD, None).map_err(prh::with_log(&helper))?;
+    expect_legs(&lun, U, &legs, "REGISTER as nobody")?;
+    ensure!(
+        mpd.getprkey()? == Some(U),
+        "multipathd key with -u: {:?}\n{}",
+        mpd.getprkey(),
+        helper.log_text()
+    );
+    let r = prh::pr_out(&mut client, &devf, Register, 0, &keys(U, 0))?;
+    expect_reply("unregister as nobody", &r, Status::GOOD, None)?;
+    ensure!(
+        mpd.getprkey()?.is_none(),
+        "multipathd key after unregister with -u"
+    );
+    drop((client, devf));
+    helper.stop()?;
+    for cmd in [
+        "setprkey map",
+        "setprstatus map",
+        "unsetprstatus map",
+        "unsetprkey map",
+    ] {
         ensure!(
-            pr_log.lines().any(|l| l.contains(cmd) && l.ends_with(": ok")),
+            pr_log
+                .lines()
+                .any(|l| l.contains(cmd) && l.ends_with(": ok")),
             "multipathd did not accept '{cmd}':\n{}",
             tail(&pr_log, 30)
         );
@@ -440,7 +829,10 @@ pub fn multipath_nested_qemu() -> Result<()> {
         .with_disk(map.dev())
         .run()
         .map_err(|e| format!("{e}\nhelper log:\n{}", helper.log_text()))?;
-    println!("  nested guest ran for {:.1}s", outcome.duration.as_secs_f64());
+    println!(
+        "  nested guest ran for {:.1}s",
+        outcome.duration.as_secs_f64()
+    );
     ensure!(
         outcome.status == 0,
         "nested script exited {}; console tail:\n{}\nhelper log:\n{}",

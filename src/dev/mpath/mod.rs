@@ -86,7 +86,7 @@ impl Multipath {
         if let Some(m) = &mpathd {
             match m.connect_now() {
                 Ok(()) => debug!("multipath: connected to multipathd"),
-                Err(e) => debug!("multipath: multipathd not reachable at start-up: {e}"),
+                Err(e) => debug!("multipath: no multipathd connection at start-up: {e}"),
             }
         }
         Multipath {

@@ -344,8 +344,13 @@ pub fn pr_out(p: &dyn Paths, cdb: &[u8; 16], params: &[u8], ctx: Context) -> (Ou
             let e = effect_if_good(&o, Effect::Cleared);
             (o, e)
         }
-        // REGISTER AND MOVE, unknown actions, undecodable parameter lists: one path,
-        // and the device gives its own answer.
+        // REGISTER AND MOVE: only the holding path may move the reservation, so a
+        // conflict moves on to the next path, as for RESERVE.
+        (Some(PrOutAction::RegisterAndMove), _) => {
+            (first_answering(p, cdb, params, true).1, Effect::None)
+        }
+        // Unknown actions, undecodable parameter lists: one path, and the device gives
+        // its own answer.
         _ => (first_answering(p, cdb, params, false).1, Effect::None),
     }
 }

@@ -97,12 +97,21 @@ impl Lu {
                 // Preempting the holder spares the issuer; otherwise every registration
                 // with that key goes, the issuer's too (as LIO does).
                 let takes = self.res_key() == Some(p.sa_key);
-                self.keys.retain(|&k, v| (takes && k == n) || *v != p.sa_key);
+                self.keys
+                    .retain(|&k, v| (takes && k == n) || *v != p.sa_key);
                 if takes {
                     self.res = Some((n, ty));
                 }
                 self.generation += 1;
                 Ok(())
+            }
+            7 => {
+                if self.holder(n) {
+                    self.res = None;
+                    Ok(())
+                } else {
+                    conflict
+                }
             }
             _ => Err(Class::DeviceError),
         }
@@ -474,7 +483,11 @@ fn preempting_our_own_key_without_a_reservation_is_left_to_the_device() {
     run(&f, 0, 0, 0, K);
     let (o, _) = run(&f, 4, 1, K, K);
     assert_eq!(o.status, Status::GOOD);
-    assert_eq!(f.keys(), vec![], "as on a single path: every registration with K gone");
+    assert_eq!(
+        f.keys(),
+        vec![],
+        "as on a single path: every registration with K gone"
+    );
     assert_eq!(f.sent_to(6), Vec::<usize>::new(), "nothing re-registered");
 }
 
@@ -569,6 +582,25 @@ fn register_and_ignore_uses_the_known_key_for_the_holder_check() {
     let (o, _) = pr_out(&f, &c, &p, Context { known_key: Some(K) });
     assert_eq!(o.status, Status::GOOD);
     assert_eq!(f.res(), Some((1, 1)));
+}
+
+#[test]
+fn register_and_move_moves_on_to_the_holding_path() {
+    let f = Fake::new(2);
+    run(&f, 0, 0, 0, K);
+    f.out(1, 1, 1, K, 0).unwrap(); // path 1 holds
+    let c = cdb16(cdb::pr_out(PrOutAction::RegisterAndMove, 0, 1, 24));
+    let (o, _) = pr_out(&f, &c, &basic(K, K2, false), Context::default());
+    assert_eq!(o.status, Status::GOOD);
+    let sent: Vec<usize> = f
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, c, _)| c[1] & 0x1f == 7)
+        .map(|(i, _, _)| *i)
+        .collect();
+    assert_eq!(sent, vec![0, 1], "tried path 0 (conflict), then the holder");
 }
 
 #[test]
