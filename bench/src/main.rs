@@ -12,6 +12,7 @@ const USAGE: &str = "\
 usage: prhelper-bench [--smoke] [--rounds N] [--duration SECS] [--threads N]
                       [--out DIR] [--prhelper PATH] [--c-helper PATH]
                       [--prhelper-arg ARG]... [--skip-throughput] [--skip-scale]
+                      [--only throughput|scale] [--clients LIST]
 
   --smoke            every part, a few seconds in total (CI); figures meaningless
   --rounds N         interleaved rounds per concurrency (default 5)
@@ -21,6 +22,9 @@ usage: prhelper-bench [--smoke] [--rounds N] [--duration SECS] [--threads N]
   --prhelper PATH    prhelper binary (default: built by cargo next to this one)
   --prhelper-arg ARG extra argument for prhelper (repeatable), e.g. --seccomp=off
   --c-helper PATH    C helper (default /usr/bin/qemu-pr-helper)
+  --only PART        run only `throughput` (part 1) or `scale` (part 2)
+  --clients LIST     part 1 concurrencies, comma-separated, `1p` for 1 pinned
+                     (default 1p,1,8,64,256), e.g. --clients 64,256
 
 prhelper-bench --drive SOCKET CLIENTS SECONDS   load a running helper by hand";
 
@@ -35,6 +39,7 @@ struct Opts {
     c_helper: PathBuf,
     skip_throughput: bool,
     skip_scale: bool,
+    modes: Option<Vec<Mode>>,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -49,6 +54,7 @@ fn parse_args() -> Result<Opts, String> {
         c_helper: PathBuf::from("/usr/bin/qemu-pr-helper"),
         skip_throughput: false,
         skip_scale: false,
+        modes: None,
     };
     let mut args = std::env::args_os().skip(1);
     while let Some(a) = args.next() {
@@ -70,6 +76,12 @@ fn parse_args() -> Result<Opts, String> {
             "--c-helper" => o.c_helper = val("--c-helper")?.into(),
             "--skip-throughput" => o.skip_throughput = true,
             "--skip-scale" => o.skip_scale = true,
+            "--only" => match val("--only")?.as_str() {
+                "throughput" => o.skip_scale = true,
+                "scale" => o.skip_throughput = true,
+                v => return Err(format!("--only {v}: expected throughput or scale")),
+            },
+            "--clients" => o.modes = Some(parse_modes(&val("--clients")?)?),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -78,6 +90,25 @@ fn parse_args() -> Result<Opts, String> {
         }
     }
     Ok(o)
+}
+
+/// `1p,1,8,64`: client counts, `1p` (or `Np`) meaning pinned to one CPU.
+fn parse_modes(list: &str) -> Result<Vec<Mode>, String> {
+    list.split(',')
+        .map(|item| {
+            let item = item.trim();
+            let (n, pinned) = match item.strip_suffix('p') {
+                Some(n) => (n, true),
+                None => (item, false),
+            };
+            let clients = n
+                .parse::<usize>()
+                .ok()
+                .filter(|&c| c > 0 && (!pinned || c == 1))
+                .ok_or_else(|| format!("--clients: bad entry {item:?}"))?;
+            Ok(Mode { clients, pinned })
+        })
+        .collect()
 }
 
 /// The prhelper binary: given, or built by cargo next to this executable.
@@ -218,14 +249,17 @@ fn run(opts: Opts) -> Result<bool, String> {
         Duration::from_millis(200)
     };
     let pin_cpu = cpus.saturating_sub(1);
-    let mut modes = vec![Mode {
-        clients: 1,
-        pinned: true,
-    }];
-    modes.extend([1, 8, 64, 256].map(|clients| Mode {
-        clients,
-        pinned: false,
-    }));
+    let modes = opts.modes.clone().unwrap_or_else(|| {
+        let mut modes = vec![Mode {
+            clients: 1,
+            pinned: true,
+        }];
+        modes.extend([1, 8, 64, 256].map(|clients| Mode {
+            clients,
+            pinned: false,
+        }));
+        modes
+    });
     let load_before = procinfo::loadavg();
     eprintln!(
         "load average {load_before}; prhelper {}; C helper {}; output {}",
