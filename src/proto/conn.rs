@@ -108,10 +108,20 @@ impl<F> Conn<F> {
     }
 
     /// Feed what one read returned: `bytes.len() <= self.want()`, plus any fds that came
-    /// with them. Returns a request once one is complete.
-    pub fn feed(&mut self, bytes: &[u8], fds: Vec<F>) -> Result<Option<Request<F>>, ProtoError> {
+    /// with them (a `Vec`, or anything else that yields them: the daemon passes a pair
+    /// that needs no allocation). Returns a request once one is complete.
+    pub fn feed<I: IntoIterator<Item = F>>(
+        &mut self,
+        bytes: &[u8],
+        fds: I,
+    ) -> Result<Option<Request<F>>, ProtoError> {
         debug_assert!(bytes.len() <= self.want());
-        let result = self.step(bytes, fds);
+        let mut fds = fds.into_iter();
+        // At most two are looked at, which tells one from too many; the rest are dropped.
+        let first = fds.next();
+        let second = fds.next();
+        drop(fds);
+        let result = self.step(bytes, first, second);
         if result.is_err() {
             self.state = State::Failed;
         }
@@ -129,12 +139,19 @@ impl<F> Conn<F> {
         }
     }
 
-    fn step(&mut self, bytes: &[u8], mut fds: Vec<F>) -> Result<Option<Request<F>>, ProtoError> {
+    /// `first`, `second`: the first two fds that came with `bytes` (`second` is only
+    /// there to tell one from too many).
+    fn step(
+        &mut self,
+        bytes: &[u8],
+        first: Option<F>,
+        second: Option<F>,
+    ) -> Result<Option<Request<F>>, ProtoError> {
         match &mut self.state {
             State::Failed => Err(ProtoError::Truncated),
             State::Features { buf, have } => {
                 // The handshake carries no fd; the C helper ignores (closes) stray ones.
-                drop(fds);
+                drop((first, second));
                 let start = usize::from(*have);
                 buf[start..start + bytes.len()].copy_from_slice(bytes);
                 *have += bytes.len() as u8;
@@ -152,10 +169,10 @@ impl<F> Conn<F> {
                 Ok(None)
             }
             State::Cdb { buf, have, fd } => {
-                if fds.len() > 1 || (fd.is_some() && !fds.is_empty()) {
+                if second.is_some() || (fd.is_some() && first.is_some()) {
                     return Err(ProtoError::TooManyFds);
                 }
-                if let Some(f) = fds.pop() {
+                if let Some(f) = first {
                     *fd = Some(f);
                 }
                 let start = usize::from(*have);
@@ -201,7 +218,7 @@ impl<F> Conn<F> {
                 }
             }
             State::Params { data, .. } => {
-                if !fds.is_empty() {
+                if first.is_some() {
                     return Err(ProtoError::FdWithParameters);
                 }
                 data.extend_from_slice(bytes);

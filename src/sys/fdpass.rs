@@ -24,6 +24,62 @@ pub fn recv_with_fds(
     buf: &mut [u8],
     nonblocking: bool,
 ) -> io::Result<Received> {
+    let r = recv_with_fd_pair(sock, buf, nonblocking)?;
+    Ok(Received {
+        len: r.len,
+        fds: r.fds.into_iter().collect(),
+        truncated: r.truncated,
+    })
+}
+
+/// The result of one [`recv_with_fd_pair`].
+#[derive(Debug)]
+pub struct ReceivedPair {
+    /// Bytes read; 0 means end of file.
+    pub len: usize,
+    /// File descriptors that came with them (close-on-exec), at most two.
+    pub fds: FdPair,
+    /// The sender attached more fds than fit: the extras were discarded by the kernel.
+    pub truncated: bool,
+}
+
+/// Up to two received fds, without a heap allocation.
+#[derive(Debug, Default)]
+pub struct FdPair([Option<OwnedFd>; 2]);
+
+impl FdPair {
+    fn push(&mut self, fd: OwnedFd) {
+        match self.0.iter_mut().find(|f| f.is_none()) {
+            Some(slot) => *slot = Some(fd),
+            // Cannot happen (the control buffer has room for two); closes it if it does.
+            None => drop(fd),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.iter().flatten().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl IntoIterator for FdPair {
+    type Item = OwnedFd;
+    type IntoIter = std::iter::Flatten<std::array::IntoIter<Option<OwnedFd>, 2>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter().flatten()
+    }
+}
+
+/// [`recv_with_fds`] without allocating: what the daemon uses for every request.
+pub fn recv_with_fd_pair(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    nonblocking: bool,
+) -> io::Result<ReceivedPair> {
     // Control buffer with room for two fds, aligned for cmsghdr.
     const FDS: usize = 2;
     #[repr(C, align(8))]
@@ -58,7 +114,7 @@ pub fn recv_with_fds(
             return Err(e);
         }
     };
-    let mut fds = Vec::new();
+    let mut fds = FdPair::default();
     // Walk the control messages the kernel wrote. Even when the buffer was too small
     // (MSG_CTRUNC), the fds that fit were installed and must be taken so they get closed.
     // SAFETY: the CMSG_* macros walk `msg_control` within `msg_controllen`, which the
@@ -80,7 +136,7 @@ pub fn recv_with_fds(
             c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
-    Ok(Received {
+    Ok(ReceivedPair {
         len,
         fds,
         truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
@@ -168,6 +224,20 @@ mod tests {
         let r = recv_with_fds(b.as_fd(), &mut buf, false).unwrap();
         assert!(r.truncated);
         assert_eq!(r.fds.len(), 2);
+    }
+
+    #[test]
+    fn fd_pair_round_trip() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let file = std::fs::File::open("/dev/null").unwrap();
+        send_with_fds(a.as_fd(), b"hi", &[file.as_fd(), file.as_fd()], false).unwrap();
+        send_with_fds(a.as_fd(), b"x", &[], false).unwrap();
+        let mut buf = [0u8; 2];
+        let r = recv_with_fd_pair(b.as_fd(), &mut buf, false).unwrap();
+        assert_eq!((r.len, r.fds.len(), r.truncated), (2, 2, false));
+        assert_eq!(r.fds.into_iter().count(), 2);
+        let r = recv_with_fd_pair(b.as_fd(), &mut buf, false).unwrap();
+        assert_eq!((r.len, r.fds.is_empty()), (1, true));
     }
 
     #[test]
