@@ -768,6 +768,10 @@ fn hung_run(
                 load.errors
             );
             ensure!(
+                answered == 0,
+                "{answered} of {target} commands on the hung map were answered: the device is not hung"
+            );
+            ensure!(
                 probes.served == probes.attempted,
                 "prhelper did not serve a new connection with {target} stuck: {}/{} served, {:?}",
                 probes.served,
@@ -850,7 +854,7 @@ fn hung_report(runs: &[HelperRun], map: &str) -> String {
     );
     let _ = writeln!(
         out,
-        "stuck clients: READ KEYS on {map} (dm-multipath, queue_if_no_path, only path failed); prhelper = {} (default seccomp, --max-threads 512)",
+        "stuck clients: READ KEYS on {map} (dm-multipath, queue_if_no_path, only path failed); prhelper = {} (default seccomp, --max-threads 512, --multipath=off)",
         prhelper_bin().display()
     );
     let _ = writeln!(
@@ -949,8 +953,11 @@ pub fn hung_device() -> Result<()> {
 
     let healthy_disk = healthy.device(0).disk.clone();
     let mut runs = Vec::new();
-    // prhelper first: its run leaves the path failed for the C helper's.
-    let p = Helper::start(&prhelper_bin(), &dir.join("prh.sock"), &[])?;
+    // prhelper first: its run leaves the path failed for the C helper's. With its
+    // multipath support on, prhelper would send these commands to the path device
+    // itself (which works: only dm failed it) and answer them; the hang under test is
+    // SG_IO on the map, which is what --multipath=off (and the C helper) do.
+    let p = Helper::start(&prhelper_bin(), &dir.join("prh.sock"), &["--multipath=off"])?;
     let prh = hung_run("prhelper", p, &healthy_disk, &map, true);
     let prh = match prh {
         Ok(r) => r,
