@@ -376,7 +376,6 @@ fn register(
         _ => ctx.known_key,
     }
     .filter(|&k| k != 0);
-    let unusable = (0..p.len()).any(|i| !p.usable(i));
 
     // Unregistering while holding the reservation: release it first, so that a holding
     // path we cannot reach does not keep it under a key nobody owns.
@@ -400,13 +399,6 @@ fn register(
             }
         }
     }
-    // A key change while a path we cannot reach holds the reservation under the old key.
-    let held_by_old = match old_key {
-        Some(old) if bp.sa_key != 0 && unusable => read_reservation(p)
-            .and_then(|rr| rr.reservation)
-            .filter(|r| r.key == old),
-        _ => None,
-    };
 
     let targets = fan_targets(p, bp.all_tg_pt);
     // SPEC_I_PT registers other initiators: once is enough (through the first path).
@@ -470,10 +462,13 @@ fn register(
             return (a.outcome.clone(), Effect::None);
         }
     }
-    // The holding path could not change its key: move the reservation to the new key.
-    if let (Some(r), Some(old)) = (held_by_old, old_key) {
-        let still = read_reservation(p).and_then(|rr| rr.reservation);
-        if still.is_some_and(|s| s.key == old) {
+    // A key change that did not reach every path: if one of them holds the reservation
+    // under the old key, move the reservation to the new key.
+    let missed =
+        targets.len() < p.len() || answers.iter().any(|(_, a)| a.class == Class::PathError);
+    if let Some(old) = old_key.filter(|&old| missed && bp.sa_key != 0 && old != bp.sa_key) {
+        let held = read_reservation(p).and_then(|rr| rr.reservation);
+        if let Some(r) = held.filter(|r| r.key == old && !all_registrants(r.pr_type)) {
             let c = prout_cdb(cdb, PrOutAction::Preempt, r.pr_type, BASIC_LEN);
             let (_, o) = first_answering(p, &c, &basic(bp.sa_key, old, false), false);
             if o.status != Status::GOOD {

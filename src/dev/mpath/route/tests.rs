@@ -553,6 +553,30 @@ fn key_change_while_the_holding_path_is_down() {
 }
 
 #[test]
+fn key_change_while_the_holding_path_is_down_unknown_to_dm() {
+    let f = Fake::new(2);
+    run(&f, 0, 0, 0, K);
+    run(&f, 1, 1, K, 0);
+    f.up.lock().unwrap()[0] = false; // dm still says usable
+    let (o, _) = run(&f, 0, 0, K, K2);
+    assert_eq!(o.status, Status::GOOD);
+    assert_eq!(f.res(), Some((1, 1)));
+    assert_eq!(f.keys(), vec![(1, K2)]);
+}
+
+#[test]
+fn key_change_with_every_path_reached_needs_no_preempt() {
+    let f = Fake::new(2);
+    run(&f, 0, 0, 0, K);
+    run(&f, 1, 1, K, 0);
+    let (o, _) = run(&f, 0, 0, K, K2);
+    assert_eq!(o.status, Status::GOOD);
+    assert_eq!(f.res(), Some((0, 1)));
+    assert_eq!(f.sent_to(4), Vec::<usize>::new());
+    assert_eq!(f.keys(), vec![(0, K2), (1, K2)]);
+}
+
+#[test]
 fn unregister_while_holding_releases_first() {
     let f = Fake::new(2);
     run(&f, 0, 0, 0, K);
