@@ -1,7 +1,8 @@
 //! The daemon: start-up order, daemonizing, signals, and the server's life cycle.
 //!
 //! Start-up, all on one thread: signals → socket activation check → resolve -u/-g →
-//! (fork, with -d) → pid file → listening socket → RLIMIT_NOFILE → privilege drop →
+//! (fork, with -d) → pid file → listening socket → RLIMIT_NOFILE → multipath set-up
+//! (dm control node, multipathd connection: both need root) → privilege drop →
 //! readiness (sd_notify READY=1; the -d parent exits 0) → sandbox (no_new_privs, Landlock,
 //! seccomp) → worker threads.
 
