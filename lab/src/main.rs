@@ -101,6 +101,14 @@ const CASES: &[Case] = &[
     Case {
         hidden: true,
         ..case(
+            "capture_fuzz_seeds",
+            "record real PR traffic (prhelper, C helper, SG_IO) as fuzz seeds; run by fuzz/capture-seeds",
+            cases::capture::capture_fuzz_seeds,
+        )
+    },
+    Case {
+        hidden: true,
+        ..case(
             "demo_failure",
             "always fails: checks that a failing case fails the run",
             cases::demo_failure,

@@ -3,6 +3,7 @@
 //! `fn() -> Result<()>`, registered in `CASES` in main.rs.
 
 pub mod abuse;
+pub mod capture;
 pub mod client_actions;
 pub mod differential;
 pub mod lio;
