@@ -10,10 +10,18 @@ use crate::dev::{Backend, Outcome};
 use crate::proto::{Request, RequestKind};
 use crate::scsi::sense::SenseCode;
 
-/// Run `req` on `backend`. PR IN data lands in `buf` (at least 8192 bytes).
+/// Size of the PR IN buffer each worker hands to [`execute`]: the protocol's 8192 bytes
+/// plus a page of slack, because devices may write past the allocation length (LIO on
+/// Linux 6.1 does, by up to 20 bytes, for READ FULL STATUS lengths that cut a
+/// descriptor). When the kernel maps the buffer directly, such bytes land in the slack,
+/// never on other memory; they are never sent (the reply is cut at the allocation length).
+pub const PR_IN_BUFFER: usize = crate::proto::wire::MAX_DATA + 4096;
+
+/// Run `req` on `backend`. PR IN data lands in `buf` (at least [`PR_IN_BUFFER`] bytes).
 pub fn execute(backend: &dyn Backend, req: &Request<OwnedFd>, buf: &mut [u8]) -> Outcome {
     match &req.kind {
         RequestKind::PrIn { alloc } => {
+            debug_assert!(buf.len() >= alloc.get() + 4096);
             let buf = &mut buf[..alloc.get()];
             buf.fill(0);
             backend.pr_in(req.fd.as_fd(), &req.cdb, buf)

@@ -431,7 +431,7 @@ fn worker(shared: Arc<Shared>) {
         .push(Arc::clone(&slot));
     let mut scratch = Scratch {
         read: vec![0; MAX_DATA].into_boxed_slice(),
-        data: vec![0; MAX_DATA].into_boxed_slice(),
+        data: vec![0; handler::PR_IN_BUFFER].into_boxed_slice(),
         slot,
     };
     let mut events = [EpollEvent::empty(); BATCH];
@@ -1161,7 +1161,7 @@ mod tests {
     fn scratch() -> Scratch {
         Scratch {
             read: vec![0; MAX_DATA].into_boxed_slice(),
-            data: vec![0; MAX_DATA].into_boxed_slice(),
+            data: vec![0; handler::PR_IN_BUFFER].into_boxed_slice(),
             slot: Arc::new(WorkerSlot::new()),
         }
     }

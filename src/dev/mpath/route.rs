@@ -177,11 +177,12 @@ fn basic(key: u64, sa_key: u64, aptpl: bool) -> Vec<u8> {
 
 /// READ RESERVATION through the first answering path.
 fn read_reservation(p: &dyn Paths) -> Option<ReadReservation> {
-    let mut buf = [0u8; 24];
+    // Room past the 24 bytes: devices may write past the allocation length.
+    let mut buf = [0u8; 24 + 1024];
     let o = pr_in(
         p,
         &cdb16(cdb::pr_in(PrInAction::ReadReservation, 24)),
-        &mut buf,
+        &mut buf[..24],
     );
     if o.status != Status::GOOD {
         return None;
