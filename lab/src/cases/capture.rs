@@ -58,6 +58,7 @@ const CONN: &str = "conn_stream";
 const CDB: &str = "cdb_and_params";
 const PRIN: &str = "prin_payloads";
 const SENSE: &str = "sense";
+const MPATH: &str = "multipath";
 
 /// `fuzz/run`'s max_len for conn_stream: longer seeds would be cut.
 const MAX_CONN_SEED: usize = 12000;
@@ -842,6 +843,8 @@ pub fn capture_fuzz_seeds() -> Result<()> {
     ];
     let steps = script(&tids);
     let mut seeds = Seeds::default();
+    // First, on LUs of their own (the script below leaves its LUs unremovable).
+    capture_multipath(&mut seeds)?;
     let c_helper = Path::new(C_HELPER);
     let ours = prh::prhelper_bin();
     for (name, bin) in [
@@ -887,10 +890,77 @@ pub fn capture_fuzz_seeds() -> Result<()> {
         e.0 += 1;
         e.1 += b.len();
     }
-    for t in [CONN, CDB, PRIN, SENSE] {
+    for t in [CONN, CDB, PRIN, SENSE, MPATH] {
         ensure!(counts.contains_key(t), "no {t} seeds captured");
     }
     println!("  capture: seeds (count, bytes) per target: {counts:?}");
     emit(&seeds);
+    Ok(())
+}
+
+/// `multipath` seeds: dm-multipath status lines from the kernel (a dmsetup map with its
+/// paths active and failed; multipathd's own map) and multipathd's replies to the PR
+/// commands prhelper sends, each framed as on its socket (native size_t length with the
+/// NUL, then the text).
+fn capture_multipath(seeds: &mut Seeds) -> Result<()> {
+    use prhelper_lab::mpath::{self, Map, Multipathd};
+    let lun = mpath::shared_lun("cap-mp", 16 << 20, 2)?;
+    {
+        let map = Map::create("cap-mp", &lun, &[0, 1])?;
+        let status = |seeds: &mut Seeds| -> Result<()> {
+            // "start length multipath PARAMS": the params are what prhelper parses.
+            let line = map.status()?;
+            let params = line.splitn(4, ' ').nth(3).unwrap_or(&line).to_string();
+            seeds.add(MPATH, params.into_bytes());
+            Ok(())
+        };
+        status(seeds)?;
+        map.fail_path(0)?;
+        status(seeds)?;
+        map.fail_path(1)?;
+        status(seeds)?;
+        map.reinstate_path(0)?;
+        map.reinstate_path(1)?;
+        let line = map.table()?;
+        seeds.add(
+            MPATH,
+            line.splitn(4, ' ')
+                .nth(3)
+                .unwrap_or(&line)
+                .as_bytes()
+                .to_vec(),
+        );
+    }
+    let mpd = Multipathd::start(&lun, &[0, 1])?;
+    let st = prhelper_lab::util::run_ok("dmsetup", &["status", mpd.alias()])?.stdout;
+    let line = st.trim();
+    // `dmsetup status NAME` prints "start length multipath ..."; the params are the seed.
+    let params = line.splitn(4, ' ').nth(3).unwrap_or(line);
+    seeds.add(MPATH, params.as_bytes().to_vec());
+    let w = mpd.wwid().to_string();
+    for cmd in [
+        format!("setprkey map {w} key 0xabc"),
+        format!("getprkey map {w}"),
+        format!("setprkey map {w} key 0xabc:aptpl"),
+        format!("getprkey map {w}"),
+        format!("setprstatus map {w}"),
+        format!("getprstatus map {w}"),
+        format!("unsetprstatus map {w}"),
+        format!("getprstatus map {w}"),
+        format!("getprhold map {w}"),
+        format!("unsetprkey map {w}"),
+        format!("getprkey map {w}"),
+        "getprkey map 254:99".to_string(),
+        "no such command".to_string(),
+    ] {
+        let reply = mpd.socket_cmd(&cmd)?;
+        let mut framed = (reply.len() + 1).to_ne_bytes().to_vec();
+        framed.extend_from_slice(reply.as_bytes());
+        framed.push(0);
+        seeds.add(MPATH, framed);
+        seeds.add(MPATH, reply.into_bytes());
+    }
+    println!("  capture: multipath: status lines and multipathd replies recorded");
+    drop(mpd);
     Ok(())
 }
