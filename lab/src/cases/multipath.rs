@@ -142,6 +142,20 @@ fn settle(disk: &Path) {
     }
 }
 
+/// Path `i` down at the LIO level and failed in dm (what multipathd would do).
+fn dead(map: &Map, i: usize) -> Result<()> {
+    map.path_offline(i)?;
+    map.fail_path(i)
+}
+
+/// Path `i` back in LIO and dm, its pending UNIT ATTENTION answered.
+fn revive(map: &Map, i: usize) -> Result<()> {
+    map.path_online(i)?;
+    map.reinstate_path(i)?;
+    settle(&map.paths()[i].disk);
+    Ok(())
+}
+
 /// prhelper on a map made with dmsetup (no multipathd).
 pub fn multipath_prhelper() -> Result<()> {
     let lun = mpath::shared_lun("mpp", 64 << 20, 3)?;
@@ -300,8 +314,7 @@ pub fn multipath_prhelper() -> Result<()> {
 
     // Key change while the holding path is down (and failed in dm).
     const A4: u64 = 0xa4;
-    map.path_offline(h)?;
-    map.fail_path(h)?;
+    dead(&map, h)?;
     t.expect_good(
         "REGISTER A3 -> A4, holding path down",
         Register,
@@ -320,9 +333,7 @@ pub fn multipath_prhelper() -> Result<()> {
         "old key left: {}",
         show(&regs, &lun)
     );
-    map.path_online(h)?;
-    map.reinstate_path(h)?;
-    settle(&map.paths()[h].disk);
+    revive(&map, h)?;
     t.expect_good(
         "REGISTER AND IGNORE A4 (restore)",
         RegisterAndIgnore,
@@ -333,8 +344,7 @@ pub fn multipath_prhelper() -> Result<()> {
 
     // Unregister while holding the reservation through a dead path.
     let (h, _, _) = holder(&lun, &lio_view(&lun, OBSERVER)?).ok_or("no holder")?;
-    map.path_offline(h)?;
-    map.fail_path(h)?;
+    dead(&map, h)?;
     t.expect_good(
         "REGISTER A4 -> 0 while holding, holding path down",
         Register,
@@ -352,9 +362,7 @@ pub fn multipath_prhelper() -> Result<()> {
         "keys left behind: {}",
         show(&regs, &lun)
     );
-    map.path_online(h)?;
-    map.reinstate_path(h)?;
-    settle(&map.paths()[h].disk);
+    revive(&map, h)?;
 
     // SPEC_I_PT names the observer once; ALL_TG_PT keeps its bit on every path.
     const C: u64 = 0xc3;
