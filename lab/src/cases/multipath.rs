@@ -207,6 +207,66 @@ pub fn multipath_prhelper() -> Result<()> {
         off.stop()?;
     }
 
+    // Without a usable device-mapper control node: (a) none at all (not root, or a
+    // private /dev without it): the map's paths come from sysfs; (b) one whose ioctls
+    // fail: the error is logged and the command goes to the map as is. Neither ends
+    // the daemon.
+    for (what, mount, want) in [
+        (
+            "no /dev/mapper/control",
+            "mount -t tmpfs none /dev/mapper",
+            vec![0, 1],
+        ),
+        (
+            "/dev/mapper/control failing every ioctl",
+            "mount --bind /dev/null /dev/mapper/control",
+            vec![],
+        ),
+    ] {
+        let scratch = scratch_dir("multipath-noctl")?;
+        let wrapper = scratch.join("prhelper-wrapped");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexec unshare -m sh -c '{mount} && exec {} \"$@\"' sh \"$@\"\n",
+                prh::prhelper_bin().display()
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        std::fs::set_permissions(
+            &wrapper,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .map_err(|e| e.to_string())?;
+        let h = Helper::start(&wrapper, &scratch.join("pr.sock"), &["-v"])?;
+        let mut c = prh::connect(h.socket())?;
+        let r = prh::pr_out(&mut c, &t.dev, Register, 0, &keys(0, 0xf1))?;
+        println!("  REGISTER with {what}: {}", outcome(&r));
+        expect_reply(what, &r, Status::GOOD, None).map_err(prh::with_log(&h))?;
+        let on = legs_with_key(&lio_view(&lun, OBSERVER)?, &lun, 0xf1);
+        println!("  ... reached legs {on:?}");
+        if want.is_empty() {
+            ensure!(on.len() == 1, "{what}: legs {on:?}");
+            ensure!(
+                h.log_text().contains("DM_TABLE_STATUS"),
+                "{what}: no warning:\n{}",
+                h.log_text()
+            );
+        } else {
+            ensure!(on == want, "{what}: legs {on:?}");
+        }
+        for leg in on {
+            sg::sg_persist(
+                &lun.device(leg).disk,
+                &["--out", "--register", "--param-rk=0xf1", "--param-sark=0"],
+            )?
+            .ok()?;
+        }
+        drop(c);
+        let status = h.stop()?;
+        ensure!(status.success(), "{what}: prhelper exit {status}");
+    }
+
     // REGISTER reaches both paths (SG_IO on the map would reach one: mpath_fixture).
     const A: u64 = 0xa1;
     t.expect_good("REGISTER 0 -> A", Register, 0, &keys(0, A))?;
