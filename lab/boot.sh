@@ -80,7 +80,7 @@ qemu=(
     qemu-system-x86_64 -accel tcg -cpu max -m 2048 -smp 2
     -nodefaults -display none -serial stdio -no-reboot
     -kernel "$kernel" -initrd "$OUT/initrd.img"
-    -append "console=ttyS0 ${LAB_KERNEL_ARGS:-$fast_args} panic=-1 lab.cmd=$script lab.id=$id"
+    -append "console=ttyS0 ${LAB_KERNEL_ARGS:-$fast_args} panic=-1 lab.cmd=$script lab.id=$id lab.root=$ROOT"
     -fsdev local,id=h,path=/,security_model=none,readonly=on,multidevs=remap
     -device virtio-9p-pci,fsdev=h,mount_tag=host
 )
