@@ -592,7 +592,10 @@ pub fn multipath_prhelper() -> Result<()> {
     // error table): the device-mapper answer changes, the daemon must not care.
     let fds = prh::fd_count(t.helper.pid())?;
     // Fails with EBUSY (our fd), after loading the error table, which is the point.
-    let o = run("dmsetup", &["--noudevsync", "remove", "--force", map.name()])?;
+    let o = run(
+        "dmsetup",
+        &["--noudevsync", "remove", "--force", map.name()],
+    )?;
     println!(
         "  dmsetup remove --force with the fd held: exit {}",
         o.status
