@@ -25,7 +25,7 @@ use prhelper::scsi::sense::SenseCode;
 use prhelper::scsi::Status;
 use prhelper_lab::helper::Helper;
 use prhelper_lab::mpath::{self, legs_with_key, lio_view, persist, Map, Multipathd, Registration};
-use prhelper_lab::nested::{tail, NestedGuest};
+use prhelper_lab::nested::tail;
 use prhelper_lab::prh::{self, expect_reply, keys, outcome};
 use prhelper_lab::util::{run, run_ok, scratch_dir};
 use prhelper_lab::{ensure, sg, Result};
@@ -895,22 +895,7 @@ pub fn multipath_nested_qemu() -> Result<()> {
          sg_persist --in --read-keys \"$LAB_DISK\" || exit 11\n\
          sg_persist --out --reserve --param-rk=0x{KEY:x} --prout-type=5 \"$LAB_DISK\" || exit 12\n"
     );
-    let outcome = NestedGuest::new(&script)
-        .with_pr_helper(helper.socket())
-        .with_disk(map.dev())
-        .run()
-        .map_err(|e| format!("{e}\nhelper log:\n{}", helper.log_text()))?;
-    println!(
-        "  nested guest ran for {:.1}s",
-        outcome.duration.as_secs_f64()
-    );
-    ensure!(
-        outcome.status == 0,
-        "nested script exited {}; console tail:\n{}\nhelper log:\n{}",
-        outcome.status,
-        tail(&outcome.console, 30),
-        helper.log_text()
-    );
+    super::nested::run_guest(&script, &helper, map.dev())?;
     let regs = expect_legs(&lun, KEY, &[0, 1], "after the guest's REGISTER")?;
     ensure!(
         holder(&lun, &regs).is_some_and(|(_, k, t)| k == KEY && t.contains("registrants only")),

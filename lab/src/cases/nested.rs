@@ -4,7 +4,7 @@
 
 use prhelper_lab::helper::{Helper, C_HELPER};
 use prhelper_lab::lio::SharedLun;
-use prhelper_lab::nested::{tail, NestedGuest};
+use prhelper_lab::nested::{tail, NestedGuest, NestedOutcome};
 use prhelper_lab::prh;
 use prhelper_lab::util::{expect_contains, scratch_dir};
 use prhelper_lab::{bail, ensure, sg, Result};
@@ -13,6 +13,28 @@ use std::path::Path;
 /// Debian's C helper as QEMU's PR manager.
 pub fn nested_qemu_c_helper() -> Result<()> {
     nested_register_through(Path::new(C_HELPER), &[])
+}
+
+/// Boot a nested guest running `script` on `disk` through `helper`; fail (with the
+/// console's tail and the helper's log) unless the script exits 0.
+pub fn run_guest(script: &str, helper: &Helper, disk: &Path) -> Result<NestedOutcome> {
+    let outcome = NestedGuest::new(script)
+        .with_pr_helper(helper.socket())
+        .with_disk(disk)
+        .run()
+        .map_err(|e| format!("{e}\nhelper log:\n{}", helper.log_text()))?;
+    println!(
+        "  nested guest ran for {:.1}s",
+        outcome.duration.as_secs_f64()
+    );
+    ensure!(
+        outcome.status == 0,
+        "nested script exited {}; console tail:\n{}\nhelper log:\n{}",
+        outcome.status,
+        tail(&outcome.console, 30),
+        helper.log_text()
+    );
+    Ok(outcome)
 }
 
 /// Start `helper` (with `extra_args`), boot a nested guest with initiator A's
@@ -30,22 +52,7 @@ pub fn nested_register_through(helper: &Path, extra_args: &[&str]) -> Result<()>
          sg_persist --out --register --param-sark=0x{KEY:x} \"$LAB_DISK\" || exit 10\n\
          sg_persist --in --read-keys \"$LAB_DISK\" || exit 11\n"
     );
-    let outcome = NestedGuest::new(&script)
-        .with_pr_helper(helper.socket())
-        .with_disk(&a.disk)
-        .run()
-        .map_err(|e| format!("{e}\nhelper log:\n{}", helper.log_text()))?;
-    println!(
-        "  nested guest ran for {:.1}s",
-        outcome.duration.as_secs_f64()
-    );
-    ensure!(
-        outcome.status == 0,
-        "nested script exited {}; console tail:\n{}\nhelper log:\n{}",
-        outcome.status,
-        tail(&outcome.console, 30),
-        helper.log_text()
-    );
+    let outcome = run_guest(&script, &helper, &a.disk)?;
     expect_contains("nested READ KEYS", &outcome.console, &format!("0x{KEY:x}"))?;
 
     // Ground truth from the other initiator, without QEMU or the helper.

@@ -524,11 +524,7 @@ fn key_change_while_the_holding_path_is_down() {
     let f = Fake::new(2);
     run(&f, 0, 0, 0, K);
     run(&f, 1, 1, K, 0);
-    let f = Fake {
-        dm_usable: vec![false, true],
-        ..f
-    };
-    f.up.lock().unwrap()[0] = false;
+    let f = f.down(0); // down, and device-mapper knows
     let (o, e) = run(&f, 0, 0, K, K2);
     assert_eq!(
         (o.status, e),
@@ -581,11 +577,7 @@ fn unregister_while_holding_releases_first() {
     let f = Fake::new(2);
     run(&f, 0, 0, 0, K);
     run(&f, 1, 1, K, 0);
-    let f = Fake {
-        dm_usable: vec![false, true],
-        ..f
-    };
-    f.up.lock().unwrap()[0] = false;
+    let f = f.down(0); // down, and device-mapper knows
     let (o, e) = run(&f, 0, 0, K, 0);
     assert_eq!((o.status, e), (Status::GOOD, Effect::Unregistered));
     assert_eq!(f.res(), None);
@@ -597,11 +589,7 @@ fn register_and_ignore_uses_the_known_key_for_the_holder_check() {
     let f = Fake::new(2);
     run(&f, 0, 0, 0, K);
     run(&f, 1, 1, K, 0);
-    let f = Fake {
-        dm_usable: vec![false, true],
-        ..f
-    };
-    f.up.lock().unwrap()[0] = false;
+    let f = f.down(0); // down, and device-mapper knows
     let (c, p) = cmd(6, 0, 0, K2);
     let (o, _) = pr_out(&f, &c, &p, Context { known_key: Some(K) });
     assert_eq!(o.status, Status::GOOD);
