@@ -87,6 +87,17 @@ impl Helper {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
+    /// Send SIGKILL (a crash: nothing runs in the helper) unless it is already dead, and
+    /// reap it. Every command it had in flight in the kernel has completed by then (SG_IO
+    /// waits uninterruptibly).
+    pub fn crash(mut self) -> Result<ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            bail!("{} already stopped", self.binary.display());
+        };
+        let _ = child.kill();
+        child.wait().map_err(|e| e.to_string())
+    }
+
     /// Send SIGTERM and wait up to 5 s for it to exit (then SIGKILL).
     pub fn stop(mut self) -> Result<ExitStatus> {
         self.terminate()

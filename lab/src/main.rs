@@ -84,6 +84,11 @@ const CASES: &[Case] = &[
         cases::multipath::multipath_multipathd,
     ),
     case(
+        "multipath_crash",
+        "prhelper SIGKILLed mid multipath PR OUT (>=100 kills): after restart and the client's retry every path agrees and multipathd's key matches",
+        cases::crash::multipath_crash,
+    ),
+    case(
         "nested_qemu_c_helper",
         "nested QEMU guest's sg_persist through Debian's C qemu-pr-helper reaches LIO",
         cases::nested::nested_qemu_c_helper,

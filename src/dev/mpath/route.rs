@@ -441,7 +441,17 @@ fn register(
         let o = pick(Class::Conflict)
             .or_else(|| pick(Class::PathError))
             .unwrap_or_else(no_path);
-        return (o, Effect::None);
+        // The retry of a REGISTER that completed before the helper died: the device's
+        // answer stands, but multipathd learns the key (route/reconcile.rs).
+        let effect = if sa == PrOutAction::Register
+            && o.status == Status::RESERVATION_CONFLICT
+            && reconcile::already_registered(p, cdb, &targets, bp.sa_key, bp.aptpl)
+        {
+            register_effect(bp)
+        } else {
+            Effect::None
+        };
+        return (o, effect);
     }
     // Some paths registered, some conflicted (their old key differs, e.g. a path that
     // came back with a stale registration): make them agree with REGISTER AND IGNORE.
@@ -477,15 +487,18 @@ fn register(
             }
         }
     }
-    let effect = if bp.sa_key == 0 {
+    (Outcome::good(), register_effect(bp))
+}
+
+fn register_effect(bp: &BasicParams) -> Effect {
+    if bp.sa_key == 0 {
         Effect::Unregistered
     } else {
         Effect::Registered {
             key: bp.sa_key,
             aptpl: bp.aptpl,
         }
-    };
-    (Outcome::good(), effect)
+    }
 }
 
 fn all_registrants(pr_type: u8) -> bool {
@@ -565,7 +578,9 @@ fn preempt(
                     .and_then(|rr| rr.reservation)
                     .is_some_and(|r| r.key == bp.key && !all_registrants(r.pr_type))));
     let _s = own.then(|| Suspended::new(p));
-    let (via, o) = first_answering(p, cdb, params, false);
+    // A path that conflicts may be one without our key (a helper killed between the
+    // PREEMPT and the re-registration of the last attempt): try the others.
+    let (via, o) = first_answering(p, cdb, params, true);
     if o.status != Status::GOOD {
         return (o, Effect::None);
     }
@@ -578,6 +593,8 @@ fn preempt(
     }
     (o, Effect::Reserved)
 }
+
+mod reconcile;
 
 #[cfg(test)]
 mod tests;

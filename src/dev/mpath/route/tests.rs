@@ -672,3 +672,6 @@ fn classification() {
     assert_eq!(classify(&e(libc::ENODEV), &[]), Class::PathError);
     assert_eq!(classify(&e(libc::EBADE), &[]), Class::Conflict);
 }
+
+/// Retries after the helper died mid-command (route/reconcile.rs).
+mod crash;
