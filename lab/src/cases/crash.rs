@@ -494,6 +494,10 @@ struct Counts {
     conflicts: usize,
     /// The killed attempt's reply arrived before the kill.
     replied: usize,
+    /// Kills triggered by the observer seeing the first change.
+    on_change: usize,
+    /// Torn states among those.
+    torn_on_change: usize,
 }
 
 pub fn multipath_crash() -> Result<()> {
@@ -557,15 +561,41 @@ pub fn multipath_crash() -> Result<()> {
         for (i, s) in round(r).into_iter().enumerate() {
             rig.prepare(&s)?;
             let span = took[i].as_micros() as u64 + 200;
+            // Half the kills at a random time, half the moment the observer sees the
+            // first change (the first path's command done, or the map suspended).
+            let on_change = rng.below(2) == 0;
             let delay = aim[i].pick(&mut rng, span);
             let pid = h.pid() as libc::pid_t;
-            let killer = std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_micros(delay));
-                // SAFETY: kill(2) on our own child, not yet reaped (Helper::crash reaps).
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+            let devnum = mpd.devnum();
+            let t_send = Instant::now();
+            let (first, killed_at) = std::thread::scope(|sc| {
+                let (obs, lun, before) = (&rig.obs, &lun, &s.before);
+                let killer = sc.spawn(move || {
+                    if on_change {
+                        let deadline = t_send + Duration::from_secs(10);
+                        while Instant::now() < deadline {
+                            let changed = obs
+                                .view(lun)
+                                .is_ok_and(|v| mismatch(lun, &v, before).is_some());
+                            if changed || suspended(devnum).unwrap_or(false) {
+                                break;
+                            }
+                        }
+                    } else {
+                        std::thread::sleep(Duration::from_micros(delay));
+                    }
+                    // SAFETY: kill(2) on our own child, not yet reaped (Helper::crash
+                    // reaps it).
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    t_send.elapsed()
+                });
+                let first = rig.send(&mut c, &s);
+                (first, killer.join().unwrap_or_default())
             });
-            let first = rig.send(&mut c, &s);
-            let _ = killer.join();
+            let delay = killed_at.as_micros() as u64;
+            if on_change {
+                n.on_change += 1;
+            }
             rig.keep_log(&h);
             h.crash()?;
             drop(c);
@@ -587,14 +617,16 @@ pub fn multipath_crash() -> Result<()> {
                 aim[i].before = Some(aim[i].before.map_or(delay, |d| d.max(delay)));
             } else {
                 n.torn += 1;
+                n.torn_on_change += usize::from(on_change);
                 aim[i].torn.push(delay);
                 match n.torn_by_step.iter_mut().find(|(k, _)| *k == s.name) {
                     Some(e) => e.1 += 1,
                     None => n.torn_by_step.push((s.name, 1)),
                 }
                 println!(
-                    "  round {r} {}: killed after {delay}µs: torn: [{}]{}",
+                    "  round {r} {}: killed after {delay}µs{}: torn: [{}]{}",
                     s.name,
+                    if on_change { " (on first change)" } else { "" },
                     show(&lun, &regs),
                     if susp { ", map suspended" } else { "" }
                 );
@@ -622,6 +654,13 @@ pub fn multipath_crash() -> Result<()> {
     println!(
         "  {} kills: {} before the command did anything, {} mid-command (torn before the retry), {} after it completed ({} of them after the reply); every retry repaired; {} retries answered RESERVATION CONFLICT (completed before the kill)",
         n.kills, n.before, n.torn, n.complete, n.replied, n.conflicts
+    );
+    println!(
+        "  {} kills on the first change seen, {} of them torn; {} at random times, {} torn",
+        n.on_change,
+        n.torn_on_change,
+        n.kills - n.on_change,
+        n.torn - n.torn_on_change
     );
     println!("  torn per command: {:?}", n.torn_by_step);
     for (i, a) in aim.iter().enumerate() {
