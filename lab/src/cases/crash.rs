@@ -479,6 +479,120 @@ impl Aim {
     }
 }
 
+/// A crash the retry alone cannot repair: the helper restarts (its memory of the map's
+/// key gone), a path holding the reservation is dead, and the guest changes its key with
+/// REGISTER AND IGNORE, which does not say the old key. The new process must learn it
+/// from multipathd and move the reservation to the new key; then multipathd registers
+/// the new key on the path when it comes back.
+fn restarted_key_change_through_dead_holder(
+    rig: &mut Rig<'_>,
+    h: Helper,
+    mut c: Client,
+) -> Result<(Helper, Client)> {
+    use PrOutAction::*;
+    const OLD: u64 = 0x2001;
+    const NEW: u64 = 0x2002;
+    let step = |name, action, pr_type, params| Step {
+        name,
+        action,
+        pr_type,
+        params,
+        observer_reserves: false,
+        before: State {
+            ours: None,
+            obs: None,
+            res: None,
+        },
+        after: State {
+            ours: None,
+            obs: None,
+            res: None,
+        },
+        conflict_if_done: false,
+    };
+    for s in [
+        step("REGISTER 0→OLD", Register, 0, keys(0, OLD)),
+        step("RESERVE WE", Reserve, 1, keys(OLD, 0)),
+    ] {
+        let r = rig.send(&mut c, &s)?;
+        ensure!(r.status == Status::GOOD, "{}: {}", s.name, outcome(&r));
+    }
+    let regs = rig.view()?;
+    let holder = regs
+        .iter()
+        .find(|r| r.holder)
+        .and_then(|r| r.leg(rig.lun))
+        .ok_or_else(|| format!("no holder on our legs: [{}]", show(rig.lun, &regs)))?;
+    let j = rig
+        .mpd
+        .paths()
+        .iter()
+        .position(|p| p.leg == holder)
+        .ok_or("holding leg not in the map")?;
+    // The crash; then the holding path dies.
+    rig.keep_log(&h);
+    h.crash()?;
+    drop(c);
+    rig.mpd.paths()[j].set_online(false)?;
+    rig.mpd.wait_path_up(j, false, Duration::from_secs(30))?;
+    let (h, mut c) = rig.start()?;
+    let s = step(
+        "REGISTER AND IGNORE →NEW",
+        RegisterAndIgnore,
+        0,
+        keys(0, NEW),
+    );
+    let r = rig.send(&mut c, &s)?;
+    rig.keep_log(&h);
+    let regs = rig.view()?;
+    let res = regs.iter().find(|r| r.holder);
+    ensure!(
+        r.status == Status::GOOD
+            && res.is_some_and(|r| r.key == NEW && r.leg(rig.lun) != Some(holder)),
+        "{}: {}; the reservation must be under the new key through the live leg: [{}]\n{}",
+        s.name,
+        outcome(&r),
+        show(rig.lun, &regs),
+        rig.logs
+            .iter()
+            .map(|l| tail(l, 20))
+            .collect::<Vec<_>>()
+            .join("\n  ----\n")
+    );
+    ensure!(
+        rig.mpd.getprkey()? == Some(NEW),
+        "multipathd's key {:x?}",
+        rig.mpd.getprkey()
+    );
+    // The path comes back; multipathd registers the new key on it.
+    rig.mpd.paths()[j].set_online(true)?;
+    rig.mpd.wait_path_up(j, true, Duration::from_secs(30))?;
+    let want = State {
+        ours: Some(NEW),
+        obs: None,
+        res: Some((NEW, 1)),
+    };
+    let t0 = Instant::now();
+    loop {
+        let regs = rig.view()?;
+        match mismatch(rig.lun, &regs, &want) {
+            None => break,
+            Some(m) if t0.elapsed() > Duration::from_secs(30) => {
+                bail!("after the path came back: {m} [{}]", show(rig.lun, &regs))
+            }
+            Some(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+    for s in [
+        step("RELEASE", Release, 1, keys(NEW, 0)),
+        step("unregister", Register, 0, keys(NEW, 0)),
+    ] {
+        let r = rig.send(&mut c, &s)?;
+        ensure!(r.status == Status::GOOD, "{}: {}", s.name, outcome(&r));
+    }
+    Ok((h, c))
+}
+
 #[derive(Debug, Default)]
 struct Counts {
     kills: usize,
@@ -649,6 +763,13 @@ pub fn multipath_crash() -> Result<()> {
             })?;
         }
     }
+    let t_dead = Instant::now();
+    (h, c) = restarted_key_change_through_dead_holder(&mut rig, h, c)?;
+    println!(
+        "  after a restart, REGISTER AND IGNORE with the holding path dead moved the reservation to the new key ({:.1}s)",
+        t_dead.elapsed().as_secs_f64()
+    );
+    drop(c);
     h.stop()?;
     drop(rig);
     println!(

@@ -9,6 +9,7 @@
 //! See docs/multipath.md for the choices and what differs from libmpathpersist.
 
 pub mod multipathd;
+mod recover;
 pub mod route;
 pub mod status;
 
@@ -364,7 +365,8 @@ impl Backend for Multipath {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&map.dev)
-            .copied();
+            .copied()
+            .or_else(|| self.key_from_multipathd(&map, cdb));
         let (o, effect) = route::pr_out(&self.paths(&map), cdb, params, Context { known_key });
         {
             let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
