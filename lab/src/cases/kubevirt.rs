@@ -107,6 +107,8 @@ impl Container<'_> {
 
     /// Add the container's log to an error.
     fn ctx(&self, e: String) -> String {
+        // conmon copies the helper's stderr to the file asynchronously: give it a moment.
+        std::thread::sleep(Duration::from_secs(1));
         format!("{e}\n  container log:\n{}", indent(&self.log_text()))
     }
 
@@ -239,6 +241,13 @@ pub fn kubevirt_pr_helper() -> Result<()> {
     ensure!(
         mpath::multipathd_socket_cmd("show daemon").is_err(),
         "multipathd's abstract socket answers: the pathname socket would not be the only way in"
+    );
+    // For the README: 0.9.4's own CLI knows only the abstract socket.
+    let cli = prhelper_lab::util::run("multipathd", &["show", "daemon"])?;
+    println!(
+        "  multipathd CLI meanwhile: exit {}, {:?}",
+        cli.status,
+        cli.text().lines().next().unwrap_or("")
     );
     let plain_dev = plain.device(0).disk.clone();
     let map_dev = mpd.dev().to_path_buf();
