@@ -247,7 +247,7 @@ pub fn kubevirt_pr_helper() -> Result<()> {
     println!(
         "  multipathd CLI meanwhile: exit {}, {:?}",
         cli.status,
-        cli.text().lines().next().unwrap_or("")
+        cli.text().trim().lines().next().unwrap_or("")
     );
     let plain_dev = plain.device(0).disk.clone();
     let map_dev = mpd.dev().to_path_buf();
