@@ -19,6 +19,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test"
 cargo test --workspace
 
+# The KubeVirt pr-helper image (release build, podman FROM scratch, offline), which
+# the lab's kubevirt_pr_helper case runs.
+step "OCI image (packaging/oci/build)"
+packaging/oci/build
+
 step "lab (VM with LIO; real QEMU as client)"
 lab/run
 

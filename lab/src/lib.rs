@@ -14,6 +14,7 @@ pub mod helper;
 pub mod lio;
 pub mod mpath;
 pub mod nested;
+pub mod podman;
 pub mod prh;
 pub mod sg;
 pub mod util;

@@ -103,6 +103,11 @@ const CASES: &[Case] = &[
         "nested QEMU guest on a multipath map through prhelper: its REGISTER and RESERVE reach both paths",
         cases::multipath::multipath_nested_qemu,
     ),
+    case(
+        "kubevirt_pr_helper",
+        "the OCI image under podman as KubeVirt runs it: plain LUN and multipathd map through the socket, uid 107, restarts",
+        cases::kubevirt::kubevirt_pr_helper,
+    ),
     Case {
         hidden: true,
         ..case(

@@ -515,12 +515,26 @@ pub fn multipathd_cmd(cmd: &str) -> Result<String> {
 /// command; the reply is framed the same way) and return the reply without
 /// its NUL.
 pub fn multipathd_socket_cmd(cmd: &str) -> Result<String> {
+    multipathd_socket_cmd_at(None, cmd)
+}
+
+/// [`multipathd_socket_cmd`] through the pathname socket `socket` (a
+/// socket-activated multipathd, [`Multipathd::start_with_socket`]), or the
+/// abstract one when `None`.
+pub fn multipathd_socket_cmd_at(socket: Option<&Path>, cmd: &str) -> Result<String> {
     use std::os::linux::net::SocketAddrExt;
     use std::os::unix::net::{SocketAddr, UnixStream};
-    let addr = SocketAddr::from_abstract_name(MULTIPATHD_SOCKET.as_bytes())
-        .map_err(|e| format!("abstract address: {e}"))?;
-    let mut s = UnixStream::connect_addr(&addr)
-        .map_err(|e| format!("connect @{MULTIPATHD_SOCKET}: {e}"))?;
+    let mut s = match socket {
+        Some(path) => {
+            UnixStream::connect(path).map_err(|e| format!("connect {}: {e}", path.display()))?
+        }
+        None => {
+            let addr = SocketAddr::from_abstract_name(MULTIPATHD_SOCKET.as_bytes())
+                .map_err(|e| format!("abstract address: {e}"))?;
+            UnixStream::connect_addr(&addr)
+                .map_err(|e| format!("connect @{MULTIPATHD_SOCKET}: {e}"))?
+        }
+    };
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
     let mut msg = Vec::with_capacity(cmd.len() + 9);
@@ -602,6 +616,8 @@ pub struct Multipathd {
     dev: PathBuf,
     paths: Vec<PathDev>,
     log: PathBuf,
+    /// The pathname socket multipathd was given (socket activation), if any.
+    socket: Option<PathBuf>,
     stopped: bool,
     /// How long start-up took, per step, for reports.
     pub timings: Vec<(&'static str, Duration)>,
@@ -622,13 +638,31 @@ impl Multipathd {
         legs: &[usize],
         extra_defaults: &[&str],
     ) -> Result<Multipathd> {
+        Multipathd::start_with_socket(lun, legs, extra_defaults, None)
+    }
+
+    /// [`Multipathd::start_with`], and with `socket`, multipathd listens on
+    /// that pathname socket instead of its abstract one: the lab binds it and
+    /// passes it as systemd's socket activation would (fd 3, `LISTEN_FDS=1`,
+    /// `LISTEN_PID`), which 0.9.4 accepts (`ux_socket_listen` takes a single
+    /// `sd_listen_fds` socket as is). The abstract socket then does not exist;
+    /// this fixture's socket commands use the path. (The `multipathd` CLI of
+    /// 0.9.4 knows only the abstract socket: [`Multipathd::cmd`] fails then.)
+    pub fn start_with_socket(
+        lun: &SharedLun,
+        legs: &[usize],
+        extra_defaults: &[&str],
+        socket: Option<&Path>,
+    ) -> Result<Multipathd> {
         let t_all = Instant::now();
         let wwid = lun_wwid(lun)?;
         let paths = legs
             .iter()
             .map(|&l| PathDev::of_leg(lun, l))
             .collect::<Result<Vec<_>>>()?;
-        if multipathd_socket_cmd("show daemon").is_ok() {
+        if multipathd_socket_cmd("show daemon").is_ok()
+            || socket.is_some_and(|p| multipathd_socket_cmd_at(Some(p), "show daemon").is_ok())
+        {
             bail!("a multipathd is already running in this VM");
         }
         let logdir = PathBuf::from("/run/lab-mpath");
@@ -643,6 +677,7 @@ impl Multipathd {
             dev: PathBuf::new(),
             paths,
             log: logdir.join("multipathd.log"),
+            socket: socket.map(Path::to_path_buf),
             stopped: false,
             timings: Vec::new(),
         };
@@ -717,15 +752,43 @@ impl Multipathd {
         let t = Instant::now();
         let log = std::fs::File::create(&m.log).map_err(|e| e.to_string())?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let mut cmd = Command::new("multipathd");
+        cmd.args(["-d", "-s", "-v3"]);
+        // With a pathname socket: bound and listening here, inherited as fd 3;
+        // LISTEN_PID must be multipathd's own pid, hence the shell's `$$` + exec.
+        let listener = match socket {
+            None => None,
+            Some(path) => {
+                let _ = std::fs::remove_file(path);
+                let l = std::os::unix::net::UnixListener::bind(path)
+                    .map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&l);
+                // SAFETY: F_SETFD on a descriptor we own; clears FD_CLOEXEC only.
+                if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } != 0 {
+                    bail!("fcntl: {}", std::io::Error::last_os_error());
+                }
+                let redirect = if fd == 3 {
+                    String::new()
+                } else {
+                    format!("exec 3<&{fd} {fd}<&-; ")
+                };
+                cmd = Command::new("sh");
+                cmd.args([
+                    "-c",
+                    &format!("{redirect}LISTEN_FDS=1 LISTEN_PID=$$ exec multipathd -d -s -v3"),
+                ]);
+                Some(l)
+            }
+        };
         m.multipathd = Some(
-            Command::new("multipathd")
-                .args(["-d", "-s", "-v3"])
-                .stdin(Stdio::null())
+            cmd.stdin(Stdio::null())
                 .stdout(log)
                 .stderr(log2)
                 .spawn()
                 .map_err(|e| format!("cannot start multipathd: {e}"))?,
         );
+        drop(listener);
+        let sock = m.socket.clone();
         let want = m.paths.len();
         let log_path = m.log.clone();
         let found = wait_for(
@@ -740,7 +803,9 @@ impl Multipathd {
                         );
                     }
                 }
-                let Ok(out) = multipathd_socket_cmd("show maps raw format \"%w %d %N\"") else {
+                let Ok(out) =
+                    multipathd_socket_cmd_at(sock.as_deref(), "show maps raw format \"%w %d %N\"")
+                else {
                     return Ok(None);
                 };
                 Ok(out.lines().find_map(|l| {
@@ -806,14 +871,20 @@ impl Multipathd {
         multipathd_cmd(cmd)
     }
 
-    /// `CMD` through the socket ([`multipathd_socket_cmd`]).
+    /// `CMD` through the socket ([`multipathd_socket_cmd_at`]: the pathname
+    /// socket when started with one, else the abstract one).
     pub fn socket_cmd(&self, cmd: &str) -> Result<String> {
-        multipathd_socket_cmd(cmd)
+        multipathd_socket_cmd_at(self.socket.as_deref(), cmd)
+    }
+
+    /// The pathname socket multipathd listens on, if it was started with one.
+    pub fn socket(&self) -> Option<&Path> {
+        self.socket.as_deref()
     }
 
     /// `getprkey map WWID`: Some(key) or None ("none").
     pub fn getprkey(&self) -> Result<Option<u64>> {
-        let r = multipathd_socket_cmd(&format!("getprkey map {}", self.wwid))?;
+        let r = self.socket_cmd(&format!("getprkey map {}", self.wwid))?;
         let r = r.trim();
         if r == "none" {
             return Ok(None);
@@ -831,7 +902,7 @@ impl Multipathd {
     /// `getprstatus map WWID`: whether multipathd maintains a registration
     /// for the map (its prflag).
     pub fn getprstatus(&self) -> Result<bool> {
-        let r = multipathd_socket_cmd(&format!("getprstatus map {}", self.wwid))?;
+        let r = self.socket_cmd(&format!("getprstatus map {}", self.wwid))?;
         match r.trim() {
             "1" | "set" => Ok(true),
             "0" | "unset" => Ok(false),
@@ -842,7 +913,7 @@ impl Multipathd {
     /// `multipathd show paths` of this map's legs (rows for other devices,
     /// e.g. orphans, are left out).
     pub fn show_paths(&self) -> Result<Vec<MpathdPath>> {
-        let out = multipathd_socket_cmd("show paths raw format \"%d %D %t %T\"")?;
+        let out = self.socket_cmd("show paths raw format \"%d %D %t %T\"")?;
         Ok(out
             .lines()
             .filter_map(|l| {
@@ -931,6 +1002,9 @@ impl Multipathd {
             if let Err(e) = stop_child(child, "multipathd") {
                 errors.push(e);
             }
+        }
+        if let Some(p) = &self.socket {
+            let _ = std::fs::remove_file(p);
         }
         // Flush our map only (a plain `multipath -F` would flush every
         // multipath map, dmsetup ones included).

@@ -5,6 +5,10 @@
 //! stop; devices arrive as fds. Landlock therefore grants nothing but file removal in the
 //! socket's directory, plus, with `--multipath`, reading beneath /dev and /sys (a map's
 //! path devices are opened read-only by device number, and found through sysfs).
+//! Connecting to multipathd's pathname socket (`/run/multipathd.socket`, possibly a
+//! symlink to a bind-mounted socket) is not a filesystem access the handled Landlock
+//! rights (ABI V3) cover, so it keeps working in the sandbox; the lab's
+//! `kubevirt_pr_helper` connects that way only after start-up.
 
 use std::path::Path;
 

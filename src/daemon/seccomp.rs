@@ -63,7 +63,10 @@ impl Extra {
 fn multipath_plain() -> Vec<(i64, &'static str)> {
     use libc::*;
     let mut v = vec![
-        (SYS_connect, "reconnecting to multipathd after it restarted"),
+        (
+            SYS_connect,
+            "multipathd: reconnecting after it restarted, or its socket appeared late (KubeVirt's bind mount)",
+        ),
         (SYS_setsockopt, "multipathd reply timeout"),
         (SYS_readlinkat, "sysfs: a path's kernel name and SCSI host"),
         (

@@ -7,6 +7,7 @@ pub mod capture;
 pub mod client_actions;
 pub mod crash;
 pub mod differential;
+pub mod kubevirt;
 pub mod lio;
 pub mod mpath_fixture;
 pub mod multipath;

@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use crate::proto::multipathd::{self as wire, Reply};
 
-/// multipathd's pathname socket (0.12+).
+/// multipathd's pathname socket: multipath-tools 0.12+ listen on it, an older one can be
+/// given it by socket activation, and in a container it is where KubeVirt's entrypoint
+/// links the host's socket, bind-mounted into the pod (a pod's own network namespace
+/// hides the abstract socket).
 pub const PATH_SOCKET: &str = "/run/multipathd.socket";
 /// Its abstract socket (every version), without the leading NUL.
 pub const ABSTRACT_SOCKET: &str = "/org/kernel/linux/storage/multipathd";
@@ -26,20 +29,64 @@ pub struct Multipathd {
     conn: Mutex<Option<UnixStream>>,
 }
 
-fn connect() -> io::Result<UnixStream> {
-    let s = match std::env::var("MULTIPATH_SOCKET_NAME") {
-        Ok(name) if name.starts_with('/') => UnixStream::connect(&name)?,
-        Ok(name) => {
-            let name = name.strip_prefix('@').unwrap_or(&name);
-            UnixStream::connect_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)?
+/// One place multipathd may listen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Addr {
+    /// A filesystem path (symlinks followed, as connect(2) does).
+    Path(String),
+    /// An abstract name, without the leading NUL.
+    Abstract(String),
+}
+
+impl std::fmt::Display for Addr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Addr::Path(p) => f.write_str(p),
+            Addr::Abstract(n) => write!(f, "@{n}"),
         }
-        Err(_) => match UnixStream::connect(PATH_SOCKET) {
-            Ok(s) => s,
-            Err(_) => UnixStream::connect_addr(&SocketAddr::from_abstract_name(
-                ABSTRACT_SOCKET.as_bytes(),
-            )?)?,
-        },
-    };
+    }
+}
+
+/// Where to look, in order, as libmpathcmd does: `MULTIPATH_SOCKET_NAME` alone when set
+/// (a path if it starts with '/', else an abstract name, '@' optional); otherwise the
+/// pathname socket, then the abstract one.
+fn addresses(env: Option<&str>) -> Vec<Addr> {
+    match env {
+        Some(name) if name.starts_with('/') => vec![Addr::Path(name.to_string())],
+        Some(name) => vec![Addr::Abstract(
+            name.strip_prefix('@').unwrap_or(name).to_string(),
+        )],
+        None => vec![
+            Addr::Path(PATH_SOCKET.to_string()),
+            Addr::Abstract(ABSTRACT_SOCKET.to_string()),
+        ],
+    }
+}
+
+/// Connect to the first address that accepts; the error names every failure.
+fn connect_any(addrs: &[Addr]) -> io::Result<UnixStream> {
+    let mut failures = Vec::new();
+    let mut last_kind = io::ErrorKind::NotFound;
+    for a in addrs {
+        let r = match a {
+            Addr::Path(p) => UnixStream::connect(p),
+            Addr::Abstract(n) => SocketAddr::from_abstract_name(n.as_bytes())
+                .and_then(|sa| UnixStream::connect_addr(&sa)),
+        };
+        match r {
+            Ok(s) => return Ok(s),
+            Err(e) => {
+                last_kind = e.kind();
+                failures.push(format!("{a}: {e}"));
+            }
+        }
+    }
+    Err(io::Error::new(last_kind, failures.join("; ")))
+}
+
+fn connect() -> io::Result<UnixStream> {
+    let env = std::env::var("MULTIPATH_SOCKET_NAME").ok();
+    let s = connect_any(&addresses(env.as_deref()))?;
     s.set_read_timeout(Some(TIMEOUT))?;
     s.set_write_timeout(Some(TIMEOUT))?;
     Ok(s)
@@ -104,5 +151,66 @@ impl Multipathd {
             *g = Some(s);
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn addresses_in_libmpathcmd_order() {
+        assert_eq!(
+            addresses(None),
+            [
+                Addr::Path("/run/multipathd.socket".into()),
+                Addr::Abstract("/org/kernel/linux/storage/multipathd".into())
+            ]
+        );
+        assert_eq!(addresses(Some("/x/s")), [Addr::Path("/x/s".into())]);
+        assert_eq!(addresses(Some("@ab")), [Addr::Abstract("ab".into())]);
+        assert_eq!(addresses(Some("ab")), [Addr::Abstract("ab".into())]);
+    }
+
+    #[test]
+    fn falls_back_and_follows_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.socket");
+        let _l = UnixListener::bind(&real).unwrap();
+        // What KubeVirt's entrypoint makes: a link to the bind-mounted socket.
+        let link = dir.path().join("multipathd.socket");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let missing = Addr::Path(dir.path().join("missing").display().to_string());
+        let via_link = Addr::Path(link.display().to_string());
+        let s = connect_any(&[missing.clone(), via_link]).unwrap();
+        assert_eq!(
+            s.peer_addr().unwrap().as_pathname(),
+            Some(real.as_path()),
+            "connected through the link to the listening socket"
+        );
+
+        // The abstract socket after a pathname one that is not there.
+        let name = format!("prhelper-test-{}", std::process::id());
+        let sa = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let _al = UnixListener::bind_addr(&sa).unwrap();
+        connect_any(&[missing.clone(), Addr::Abstract(name)]).unwrap();
+
+        // Nothing listening: one error naming every address tried.
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        let e = connect_any(&[
+            missing,
+            Addr::Path(dangling.display().to_string()),
+            Addr::Abstract(format!("prhelper-test-none-{}", std::process::id())),
+        ])
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("missing: ") && msg.contains("dangling: "),
+            "{msg}"
+        );
+        assert!(msg.contains("@prhelper-test-none-"), "{msg}");
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{msg}");
     }
 }
