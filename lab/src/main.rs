@@ -84,6 +84,11 @@ const CASES: &[Case] = &[
         cases::multipath::multipath_multipathd,
     ),
     case(
+        "cluster_validation",
+        "two-node failover cluster validation (MS-CSVP) on one LU: LIO, C helper, prhelper single-path, multipath, multipath with dead legs and multipathd; same answers",
+        cases::cluster::cluster_validation,
+    ),
+    case(
         "nested_qemu_c_helper",
         "nested QEMU guest's sg_persist through Debian's C qemu-pr-helper reaches LIO",
         cases::nested::nested_qemu_c_helper,
