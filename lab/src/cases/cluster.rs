@@ -40,8 +40,10 @@ use prhelper_lab::util::{scratch_dir, wait_for};
 use prhelper_lab::{bail, ensure, Result};
 
 const OBSERVER: usize = 4;
-/// Rounds of "both nodes reserve at the same instant" per driver.
+/// Rounds of "both nodes reserve at the same instant" per driver (fewer where
+/// multipathd runs: the same routing, slower).
 const ROUNDS: usize = 25;
+const ROUNDS_MULTIPATHD: usize = 10;
 /// Write Exclusive – Registrants Only, the type clusters use.
 const WE_RO: u8 = 5;
 /// Write Exclusive: only the holding I_T nexus may write.
@@ -280,6 +282,7 @@ struct World<'a> {
     /// Steps whose answer differs from a single path on purpose (not compared).
     known_diff: Vec<String>,
     step: String,
+    start: Instant,
 }
 
 impl World<'_> {
@@ -299,7 +302,12 @@ impl World<'_> {
 
     /// Record a step's answer, check it against `want` (when given) and check LIO.
     fn record(&mut self, answer: String, want: Option<&str>) -> Result<()> {
-        println!("  [{}] {}: {answer}", self.driver.name(), self.step);
+        println!(
+            "  [{} +{:.1}s] {}: {answer}",
+            self.driver.name(),
+            self.start.elapsed().as_secs_f64(),
+            self.step
+        );
         if let Some(w) = want {
             if answer != w {
                 return Err(self.ctx(format!("answer {answer:?}, expected {w:?}")));
@@ -433,10 +441,23 @@ impl World<'_> {
     /// In the driver where node `n`'s paths die: take its holding leg offline at the
     /// target.
     fn kill_holding_leg(&mut self, n: usize) -> Result<()> {
+        self.kill_leg(n, true)
+    }
+
+    /// The same with a leg that does not hold the reservation (the node holds none).
+    fn kill_other_leg(&mut self, n: usize) -> Result<()> {
+        self.kill_leg(n, false)
+    }
+
+    fn kill_leg(&mut self, n: usize, holding: bool) -> Result<()> {
         if self.driver.dead_node() != Some(n) {
             return Ok(());
         }
-        let leg = self.holding_leg(n)?;
+        let leg = if holding {
+            self.holding_leg(n)?
+        } else {
+            self.nodes[n].legs[1]
+        };
         self.lun.targets[leg].set_online(false)?;
         self.dead.push(leg);
         println!(
@@ -523,6 +544,7 @@ impl World<'_> {
 const KA: u64 = 0x3a61_9c0f_5d2e_7b14;
 const KA2: u64 = 0x3a61_9c0f_5d2e_7b15;
 const KB: u64 = 0x7c05_e2a9_14bd_3f68;
+const KB2: u64 = 0x7c05_e2a9_14bd_3f69;
 
 /// The validation, step by step. Answers are recorded for comparison across drivers.
 fn sequence(w: &mut World) -> Result<()> {
@@ -632,6 +654,22 @@ fn sequence(w: &mut World) -> Result<()> {
     let r = w.nodes[B].register(KB)?;
     w.record(r, good)?;
 
+    // Not holding, a leg dead: no nexus of B may keep the old key (a preempt of B's
+    // current key would not reach it, and it could write when it returns).
+    w.begin("b_key_change_leg_dead");
+    w.kill_other_leg(B)?;
+    let r = w.nodes[B].change_key(KB2)?;
+    w.record(r, good)?;
+    w.revive()?;
+    w.begin("b_unregister_leg_dead");
+    w.kill_other_leg(B)?;
+    let r = w.nodes[B].register(0)?;
+    w.record(r, good)?;
+    w.revive()?;
+    w.begin("b_register_after_return");
+    let r = w.nodes[B].register(KB)?;
+    w.record(r, good)?;
+
     w.begin("a_reserve_again");
     let r = w.nodes[A].reserve(WE_RO)?;
     w.holder = Some((A, WE_RO));
@@ -683,7 +721,12 @@ fn sequence(w: &mut World) -> Result<()> {
     // Validate Multiple Arbitration: both at the same instant, exactly one wins.
     w.begin("concurrent_reserve");
     let mut wins = [0usize; 2];
-    for round in 0..ROUNDS {
+    let rounds = if w.mpd.is_some() {
+        ROUNDS_MULTIPATHD
+    } else {
+        ROUNDS
+    };
+    for round in 0..rounds {
         let barrier = Barrier::new(2);
         let (na, nb) = w.nodes.split_at_mut(1);
         let (ra, rb) = std::thread::scope(|s| {
@@ -718,12 +761,12 @@ fn sequence(w: &mut World) -> Result<()> {
         w.holder = None;
     }
     println!(
-        "  [{}] concurrent_reserve: {ROUNDS} rounds, A won {}, B won {}",
+        "  [{}] concurrent_reserve: {rounds} rounds, A won {}, B won {}",
         w.driver.name(),
         wins[0],
         wins[1]
     );
-    w.record(format!("{ROUNDS} rounds, one winner each"), None)?;
+    w.record("one winner each round".into(), None)?;
 
     // ClearPR: REGISTER AND IGNORE, then CLEAR.
     w.begin("clear_pr");
@@ -806,6 +849,7 @@ fn run_driver(lun: &SharedLun, driver: Driver) -> Result<(Transcript, Vec<String
     };
     let mut maps = Vec::new();
     let mut nodes = Vec::new();
+    let t_nodes = Instant::now();
     for (n, tag) in [(0usize, "a"), (1, "b")] {
         let legs = if n == 0 { vec![0, 1] } else { vec![2, 3] };
         let nm = if n == 0 { "A" } else { "B" };
@@ -847,6 +891,10 @@ fn run_driver(lun: &SharedLun, driver: Driver) -> Result<(Transcript, Vec<String
         };
         nodes.push(nd);
     }
+    println!(
+        "  [{name}] nodes (maps, helpers) set up in {:.1}s",
+        t_nodes.elapsed().as_secs_f64()
+    );
     let nb = nodes.pop().ok_or("no node B")?;
     let na = nodes.pop().ok_or("no node A")?;
     let obs = lun.device(OBSERVER).disk.clone();
@@ -862,6 +910,7 @@ fn run_driver(lun: &SharedLun, driver: Driver) -> Result<(Transcript, Vec<String
         transcript: Vec::new(),
         known_diff: Vec::new(),
         step: "set-up".into(),
+        start: Instant::now(),
     };
     let result = sequence(&mut w);
     // Whatever happened, legs back online for the next driver.
@@ -886,12 +935,28 @@ fn run_driver(lun: &SharedLun, driver: Driver) -> Result<(Transcript, Vec<String
             );
         }
     }
+    let t_seq = w.start.elapsed();
+    let t_down = Instant::now();
     drop(w);
+    let t1 = Instant::now();
     drop(maps);
+    let t_maps = t1.elapsed();
+    let t1 = Instant::now();
     if let Some(m) = mpd {
         m.stop()?;
     }
-    println!("  [{name}] done in {:.1}s", t.elapsed().as_secs_f64());
+    println!(
+        "  [{name}] tear-down: dm maps {:.1}s, multipathd {:.1}s",
+        t_maps.as_secs_f64(),
+        t1.elapsed().as_secs_f64()
+    );
+    println!(
+        "  [{name}] done in {:.1}s (set-up {:.1}s, steps {:.1}s, tear-down {:.1}s)",
+        t.elapsed().as_secs_f64(),
+        (t.elapsed() - t_seq - t_down.elapsed()).as_secs_f64(),
+        t_seq.as_secs_f64(),
+        t_down.elapsed().as_secs_f64()
+    );
     Ok((transcript, known_diff))
 }
 
