@@ -10,8 +10,8 @@
 //! | `c_helper` | Debian's qemu-pr-helper, leg 0 | its own qemu-pr-helper, leg 2 |
 //! | `prhelper` | prhelper, leg 0 | its own prhelper, leg 2 |
 //! | `mpath` | prhelper, dmsetup map over legs 0, 1 | prhelper, map over legs 2, 3 |
-//! | `mpath_dead_a` | as `mpath`, A's map made by multipathd; A's holding leg dead (LIO offline) at A's steps | dmsetup map |
-//! | `mpath_dead_b` | dmsetup map | B's map by multipathd; B's holding leg dead at B's steps |
+//! | `mpath_dead_a` | as `mpath`, A's map (legs 0, 1) made by multipathd; A's holding leg dead (LIO offline) at A's steps | dmsetup map, legs 2, 3 |
+//! | `mpath_dead_b` | dmsetup map, legs 2, 3 | B's map (legs 0, 1) by the same multipathd; B's holding leg dead at B's steps |
 //!
 //! Leg 4 observes: LIO's READ FULL STATUS from there is checked after every step. Each
 //! step's answers must equal the `lio` driver's (the reference, with `c_helper`), and the
@@ -818,22 +818,21 @@ type Transcript = Vec<(String, String)>;
 
 /// Run the sequence through one driver: its transcript and the steps that differ from a
 /// single path on purpose.
-fn run_driver(lun: &SharedLun, driver: Driver) -> Result<(Transcript, Vec<String>)> {
+fn run_driver(
+    lun: &SharedLun,
+    driver: Driver,
+    mpd: Option<&Multipathd>,
+) -> Result<(Transcript, Vec<String>)> {
     let t = Instant::now();
     let name = driver.name();
-    // A multipathd for the node whose legs die (it re-registers them when they return).
-    let mpd = match driver.dead_node() {
-        Some(n) => {
-            let legs = if n == 0 { [0, 1] } else { [2, 3] };
-            let m = Multipathd::start(lun, &legs)?;
-            println!(
-                "  [{name}] multipathd map {} up in {:?}",
-                m.dev().display(),
-                m.timings.last()
-            );
-            Some(m)
-        }
-        None => None,
+    // The node whose legs die gets multipathd's map (legs 0, 1; it re-registers them
+    // when they return), the other node legs 2, 3.
+    let mpd = driver.dead_node().and(mpd);
+    let legs_of = |n: usize| match driver.dead_node() {
+        Some(d) if d == n => vec![0, 1],
+        Some(_) => vec![2, 3],
+        None if n == 0 => vec![0, 1],
+        None => vec![2, 3],
     };
     // dm uuids outside multipathd's "mpath-" space, so that multipathd leaves them alone.
     let dm_map = |tag: &str, legs: &[usize]| {
@@ -851,7 +850,7 @@ fn run_driver(lun: &SharedLun, driver: Driver) -> Result<(Transcript, Vec<String
     let mut nodes = Vec::new();
     let t_nodes = Instant::now();
     for (n, tag) in [(0usize, "a"), (1, "b")] {
-        let legs = if n == 0 { vec![0, 1] } else { vec![2, 3] };
+        let legs = legs_of(n);
         let nm = if n == 0 { "A" } else { "B" };
         let single = vec![legs[0]];
         let nd = match driver {
@@ -875,7 +874,7 @@ fn run_driver(lun: &SharedLun, driver: Driver) -> Result<(Transcript, Vec<String
                 node(nm, single, &dev, s, Some(h))?
             }
             _ => {
-                let dev = match (&mpd, driver.dead_node()) {
+                let dev = match (mpd, driver.dead_node()) {
                     (Some(m), Some(d)) if d == n => m.dev().to_path_buf(),
                     _ => {
                         let m = dm_map(tag, &legs)?;
@@ -906,7 +905,7 @@ fn run_driver(lun: &SharedLun, driver: Driver) -> Result<(Transcript, Vec<String
         observer_io: open_direct(&obs)?,
         holder: None,
         dead: Vec::new(),
-        mpd: mpd.as_ref(),
+        mpd,
         transcript: Vec::new(),
         known_diff: Vec::new(),
         step: "set-up".into(),
@@ -918,7 +917,7 @@ fn run_driver(lun: &SharedLun, driver: Driver) -> Result<(Transcript, Vec<String
         let _ = lun.targets[leg].set_online(true);
     }
     if result.is_err() {
-        if let Some(m) = &mpd {
+        if let Some(m) = mpd {
             println!("  multipathd log tail:\n{}", m.log_tail(40));
         }
     }
@@ -938,18 +937,7 @@ fn run_driver(lun: &SharedLun, driver: Driver) -> Result<(Transcript, Vec<String
     let t_seq = w.start.elapsed();
     let t_down = Instant::now();
     drop(w);
-    let t1 = Instant::now();
     drop(maps);
-    let t_maps = t1.elapsed();
-    let t1 = Instant::now();
-    if let Some(m) = mpd {
-        m.stop()?;
-    }
-    println!(
-        "  [{name}] tear-down: dm maps {:.1}s, multipathd {:.1}s",
-        t_maps.as_secs_f64(),
-        t1.elapsed().as_secs_f64()
-    );
     println!(
         "  [{name}] done in {:.1}s (set-up {:.1}s, steps {:.1}s, tear-down {:.1}s)",
         t.elapsed().as_secs_f64(),
@@ -987,11 +975,22 @@ pub fn cluster_validation() -> Result<()> {
     let filter = std::env::var("PRHELPER_LAB_CLUSTER_DRIVERS").unwrap_or_default();
     let mut reference: Option<Transcript> = None;
     let mut failures = Vec::new();
+    // One multipathd for both dead-leg drivers: its map is the dying node's (legs 0, 1).
+    let mut mpd: Option<Multipathd> = None;
     for d in drivers {
         if !filter.is_empty() && !filter.split(',').any(|f| f == d.name()) {
             continue;
         }
-        let (got, known_diff) = match run_driver(&lun, d) {
+        if d.dead_node().is_some() && mpd.is_none() {
+            let m = Multipathd::start(&lun, &[0, 1])?;
+            println!(
+                "  multipathd map {} over legs 0, 1 up in {:?}",
+                m.dev().display(),
+                m.timings.last()
+            );
+            mpd = Some(m);
+        }
+        let (got, known_diff) = match run_driver(&lun, d, mpd.as_ref()) {
             Ok(t) => t,
             Err(e) => {
                 println!("  [{}] FAILED: {e}", d.name());
@@ -1033,6 +1032,11 @@ pub fn cluster_validation() -> Result<()> {
                 }
             }
         }
+    }
+    if let Some(m) = mpd {
+        let t = Instant::now();
+        m.stop()?;
+        println!("  multipathd stopped in {:.1}s", t.elapsed().as_secs_f64());
     }
     ensure!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
