@@ -5,6 +5,7 @@
 pub mod abuse;
 pub mod capture;
 pub mod client_actions;
+pub mod cluster;
 pub mod crash;
 pub mod differential;
 pub mod kubevirt;

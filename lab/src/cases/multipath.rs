@@ -321,8 +321,9 @@ pub fn multipath_prhelper() -> Result<()> {
     )?;
     expect_legs(&lun, A, &legs, "after restoring")?;
 
-    // REGISTER (key change) while one path is down, then a REGISTER where that path
-    // conflicts (it came back with the stale key): retried with REGISTER AND IGNORE.
+    // REGISTER (key change) while one path is down: the old key is removed from that
+    // path's nexus too (PREEMPT through the other). Then a REGISTER where that path
+    // conflicts (it holds a key of its own): retried with REGISTER AND IGNORE.
     const A2: u64 = 0xa2;
     const A3: u64 = 0xa3;
     map.path_offline(1)?;
@@ -335,7 +336,17 @@ pub fn multipath_prhelper() -> Result<()> {
     expect_legs(&lun, A2, &[0], "A2 with path 1 offline")?;
     map.path_online(1)?;
     settle(&map.paths()[1].disk);
-    expect_legs(&lun, A, &[1], "path 1 back with its stale key")?;
+    let regs = lio_view(&lun, OBSERVER)?;
+    ensure!(
+        !regs.iter().any(|r| r.leg(&lun) == Some(1)),
+        "path 1 back with a stale registration: {}",
+        show(&regs, &lun)
+    );
+    sg::sg_persist(
+        &map.paths()[1].disk,
+        &["--out", "--register-ignore", "--param-sark=0x5757"],
+    )?
+    .ok()?;
     t.expect_good(
         "REGISTER A2 -> A3, path 1 conflicts",
         Register,

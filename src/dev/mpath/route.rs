@@ -242,8 +242,24 @@ fn first_answering(
     params: &[u8],
     skip_conflicts: bool,
 ) -> (Option<usize>, Outcome) {
+    let t = try_in_order(p, cdb, params, skip_conflicts);
+    (t.via, t.outcome)
+}
+
+/// What [`try_in_order`] found.
+struct Tried {
+    via: Option<usize>,
+    outcome: Outcome,
+    class: Class,
+    /// Some path could not be reached (its answer was a path error).
+    unreachable: bool,
+}
+
+/// [`first_answering`], telling also the answer's class and whether a path was unreachable.
+fn try_in_order(p: &dyn Paths, cdb: &[u8; 16], params: &[u8], skip_conflicts: bool) -> Tried {
     let mut last = None;
     let mut conflict = None;
+    let mut unreachable = false;
     for i in p.order() {
         let data = if params.is_empty() {
             Data::None
@@ -252,16 +268,36 @@ fn first_answering(
         };
         let a = run_retrying(p, i, cdb, data);
         match a.class {
-            Class::PathError => last = Some(a.outcome),
+            Class::PathError => {
+                unreachable = true;
+                last = Some(a.outcome);
+            }
             Class::Conflict if skip_conflicts => {
                 conflict.get_or_insert((i, a.outcome));
             }
-            _ => return (Some(i), a.outcome),
+            class => {
+                return Tried {
+                    via: Some(i),
+                    outcome: a.outcome,
+                    class,
+                    unreachable,
+                }
+            }
         }
     }
     match conflict {
-        Some((i, o)) => (Some(i), o),
-        None => (None, last.unwrap_or_else(no_path)),
+        Some((i, o)) => Tried {
+            via: Some(i),
+            outcome: o,
+            class: Class::Conflict,
+            unreachable,
+        },
+        None => Tried {
+            via: None,
+            outcome: last.unwrap_or_else(no_path),
+            class: Class::PathError,
+            unreachable,
+        },
     }
 }
 
@@ -331,11 +367,7 @@ pub fn pr_out(p: &dyn Paths, cdb: &[u8; 16], params: &[u8], ctx: Context) -> (Ou
         (Some(a @ (PrOutAction::Register | PrOutAction::RegisterAndIgnore)), Some(bp)) => {
             register(p, cdb, params, a, &bp, ctx)
         }
-        (Some(PrOutAction::Reserve), Some(_)) => {
-            let (_, o) = first_answering(p, cdb, params, true);
-            let e = effect_if_good(&o, Effect::Reserved);
-            (o, e)
-        }
+        (Some(PrOutAction::Reserve), Some(bp)) => reserve(p, cdb, params, &bp, pr_type),
         (Some(PrOutAction::Release), Some(bp)) => release(p, cdb, params, &bp, pr_type),
         (Some(a @ (PrOutAction::Preempt | PrOutAction::PreemptAndAbort)), Some(bp)) => {
             preempt(p, cdb, params, a, &bp)
@@ -474,17 +506,25 @@ fn register(
         }
     }
     // A key change that did not reach every path: if one of them holds the reservation
-    // under the old key, move the reservation to the new key.
+    // under the old key, move the reservation to the new key; otherwise drop the old
+    // key's registrations left on the paths we missed. Likewise for an unregister.
     let missed =
         targets.len() < p.len() || answers.iter().any(|(_, a)| a.class == Class::PathError);
-    if let Some(old) = old_key.filter(|&old| missed && bp.sa_key != 0 && old != bp.sa_key) {
+    let via = answers
+        .iter()
+        .find(|(_, a)| a.class == Class::Good)
+        .map(|(i, _)| *i);
+    if let (Some(old), Some(via)) = (old_key.filter(|&old| missed && old != bp.sa_key), via) {
         let held = read_reservation(p).and_then(|rr| rr.reservation);
-        if let Some(r) = held.filter(|r| r.key == old && !all_registrants(r.pr_type)) {
-            let c = prout_cdb(cdb, PrOutAction::Preempt, r.pr_type, BASIC_LEN);
-            let (_, o) = first_answering(p, &c, &basic(bp.sa_key, old, false), false);
-            if o.status != Status::GOOD {
-                return (o, Effect::None);
+        match held.filter(|r| r.key == old && !all_registrants(r.pr_type)) {
+            Some(r) if bp.sa_key != 0 => {
+                let c = prout_cdb(cdb, PrOutAction::Preempt, r.pr_type, BASIC_LEN);
+                let (_, o) = first_answering(p, &c, &basic(bp.sa_key, old, false), false);
+                if o.status != Status::GOOD {
+                    return (o, Effect::None);
+                }
             }
+            _ => drop_stale(p, cdb, via, bp.sa_key, old),
         }
     }
     (Outcome::good(), register_effect(bp))
@@ -503,6 +543,93 @@ fn register_effect(bp: &BasicParams) -> Effect {
 
 fn all_registrants(pr_type: u8) -> bool {
     matches!(pr_type, 7 | 8)
+}
+
+/// Types under which only the holding I_T nexus may write (Write Exclusive, Exclusive
+/// Access): another path of ours that is merely registered gets RESERVATION CONFLICT.
+fn only_holder_writes(pr_type: u8) -> bool {
+    matches!(pr_type, 1 | 3)
+}
+
+/// RESERVE: the first reachable path; a conflict moves on to the next (the holder may be
+/// another of our paths). When every reachable path conflicts and some path could not be
+/// reached, that path may hold the reservation for us: a single-path device answers its
+/// holder's RESERVE of the same type with GOOD (a failover cluster re-reserves every few
+/// seconds and takes a conflict for a lost disk). READ RESERVATION tells: our key and
+/// type mean GOOD; under a type where only the holding nexus may write, the reservation
+/// is first moved to a reachable path (self-preempt), so that the node can still write.
+fn reserve(
+    p: &dyn Paths,
+    cdb: &[u8; 16],
+    params: &[u8],
+    bp: &BasicParams,
+    pr_type: u8,
+) -> (Outcome, Effect) {
+    let t = try_in_order(p, cdb, params, true);
+    if t.outcome.status == Status::GOOD {
+        return (t.outcome, Effect::Reserved);
+    }
+    if t.class != Class::Conflict || !t.unreachable || bp.key == 0 {
+        return (t.outcome, Effect::None);
+    }
+    let held = read_reservation(p).and_then(|rr| rr.reservation);
+    if !held.is_some_and(|r| r.key == bp.key && r.pr_type == pr_type && !all_registrants(r.pr_type))
+    {
+        return (t.outcome, Effect::None);
+    }
+    if !only_holder_writes(pr_type) {
+        return (Outcome::good(), Effect::Reserved);
+    }
+    let c = prout_cdb(cdb, PrOutAction::Preempt, pr_type, BASIC_LEN);
+    let own = BasicParams {
+        key: bp.key,
+        sa_key: bp.key,
+        ..Default::default()
+    };
+    let (o, _) = preempt(
+        p,
+        &c,
+        &basic(bp.key, bp.key, false),
+        PrOutAction::Preempt,
+        &own,
+    );
+    if o.status == Status::GOOD {
+        (Outcome::good(), Effect::Reserved)
+    } else {
+        (o, Effect::None)
+    }
+}
+
+/// After an unregister or a key change that missed some paths, those paths' I_T nexuses
+/// are still registered under `old`: a single-path node would have no such registration
+/// left (and a preempt of its current key would not reach it). PREEMPT(`via_key` →
+/// `old`) through the reachable path `via` removes every registration with `old`; the
+/// reservation is not taken (`old` holds none, or the caller moves it itself). With
+/// `via_key` 0 (unregister) `via` registers `old` first and unregisters afterwards (the
+/// device may spare the issuer). Errors are logged only: the command itself succeeded.
+fn drop_stale(p: &dyn Paths, orig: &[u8; 16], via: usize, via_key: u64, old: u64) {
+    let ri = prout_cdb(orig, PrOutAction::RegisterAndIgnore, 0, BASIC_LEN);
+    let send = |c: &[u8; 16], params: Vec<u8>| run_retrying(p, via, c, Data::ToDevice(&params));
+    let issuer = if via_key == 0 {
+        if send(&ri, basic(0, old, false)).class != Class::Good {
+            return;
+        }
+        old
+    } else {
+        via_key
+    };
+    let ty = read_reservation(p)
+        .and_then(|rr| rr.reservation)
+        .map_or(5, |r| r.pr_type);
+    let c = prout_cdb(orig, PrOutAction::Preempt, ty, BASIC_LEN);
+    let a = send(&c, basic(issuer, old, false));
+    // A conflict: nothing was registered under `old` any more.
+    if a.class != Class::Good {
+        tracing::debug!("multipath: PREEMPT of stale key {old:#x}: {:?}", a.class);
+    }
+    if via_key == 0 {
+        send(&ri, basic(0, 0, false));
+    }
 }
 
 fn release(

@@ -597,6 +597,186 @@ fn register_and_ignore_uses_the_known_key_for_the_holder_check() {
 }
 
 #[test]
+fn holder_re_reserves_with_its_holding_path_dead() {
+    // Registrants only: every registered path may write, so the reservation stays where
+    // it is and the answer is the one a single path gives its holder: GOOD.
+    for dm_knows in [true, false] {
+        let f = Fake::new(2);
+        run(&f, 0, 0, 0, K);
+        run(&f, 1, 5, K, 0);
+        assert_eq!(f.res(), Some((0, 5)));
+        let f = if dm_knows {
+            f.down(0)
+        } else {
+            f.up.lock().unwrap()[0] = false;
+            f
+        };
+        for _ in 0..3 {
+            let (o, e) = run(&f, 1, 5, K, 0);
+            assert_eq!(
+                (o.status, e),
+                (Status::GOOD, Effect::Reserved),
+                "dm knows: {dm_knows}"
+            );
+        }
+        assert_eq!(f.res(), Some((0, 5)), "left with the dead holder");
+        assert_eq!(f.sent_to(4), Vec::<usize>::new(), "no preempt");
+        assert_eq!(f.keys(), vec![(0, K), (1, K)]);
+    }
+}
+
+#[test]
+fn holder_re_reserve_moves_a_write_exclusive_reservation_to_a_live_path() {
+    // Write Exclusive / Exclusive Access: only the holding nexus may write, so the
+    // reservation moves to a reachable path before the GOOD.
+    for ty in [1, 3] {
+        let f = Fake::new(3);
+        run(&f, 0, 0, 0, K);
+        run(&f, 1, ty, K, 0);
+        let f = f.down(0);
+        let (o, e) = run(&f, 1, ty, K, 0);
+        assert_eq!((o.status, e), (Status::GOOD, Effect::Reserved));
+        assert_eq!(f.res(), Some((1, ty)), "moved to the first live path");
+        assert_eq!(
+            f.keys(),
+            vec![(1, K), (2, K)],
+            "key kept on every live path"
+        );
+        assert_eq!(*f.suspends.lock().unwrap(), (1, 1));
+        // Again: now the live holder answers, nothing more is sent.
+        let before = f.log.lock().unwrap().len();
+        let (o, _) = run(&f, 1, ty, K, 0);
+        assert_eq!(o.status, Status::GOOD);
+        assert_eq!(f.log.lock().unwrap().len(), before + 1);
+    }
+}
+
+#[test]
+fn re_reserve_with_a_dead_path_still_conflicts_when_not_ours() {
+    // Another host holds it: the dead path changes nothing.
+    let f = Fake::new(2);
+    run(&f, 0, 0, 0, K);
+    f.out(OTHER, 6, 0, 0, K2).unwrap();
+    f.out(OTHER, 1, 5, K2, 0).unwrap();
+    let f = f.down(0);
+    let (o, e) = run(&f, 1, 5, K, 0);
+    assert_eq!((o.status, e), (Status::RESERVATION_CONFLICT, Effect::None));
+    assert_eq!(f.res(), Some((OTHER, 5)));
+    // Ours, but another type: a single path conflicts too.
+    let f = Fake::new(2);
+    run(&f, 0, 0, 0, K);
+    run(&f, 1, 5, K, 0);
+    let f = f.down(0);
+    let (o, _) = run(&f, 1, 1, K, 0);
+    assert_eq!(o.status, Status::RESERVATION_CONFLICT);
+    assert_eq!(f.res(), Some((0, 5)));
+    assert_eq!(f.sent_to(4), Vec::<usize>::new());
+}
+
+#[test]
+fn reserve_with_every_path_down_is_the_path_error() {
+    let f = Fake::new(2).down(0).down(1);
+    let (o, e) = run(&f, 1, 5, K, 0);
+    assert_eq!(o, Outcome::check(SenseCode::I_T_NEXUS_LOSS));
+    assert_eq!(e, Effect::None);
+}
+
+#[test]
+fn unregister_with_a_dead_path_leaves_no_stale_registration() {
+    // Not holding: the dead path's nexus would keep the key (and could write under a
+    // registrants-only reservation when it returns); a PREEMPT of our own key through a
+    // live path removes it.
+    for dm_knows in [true, false] {
+        let f = Fake::new(2);
+        run(&f, 0, 0, 0, K);
+        f.out(OTHER, 6, 0, 0, K2).unwrap();
+        f.out(OTHER, 1, 5, K2, 0).unwrap();
+        let f = if dm_knows {
+            f.down(0)
+        } else {
+            f.up.lock().unwrap()[0] = false;
+            f
+        };
+        let (o, e) = run(&f, 0, 0, K, 0);
+        assert_eq!((o.status, e), (Status::GOOD, Effect::Unregistered));
+        assert_eq!(f.keys(), vec![(OTHER, K2)], "dm knows: {dm_knows}");
+        assert_eq!(
+            f.res(),
+            Some((OTHER, 5)),
+            "the other host's reservation untouched"
+        );
+    }
+    // Windows' unregister: REGISTER AND IGNORE with key 0 (the known key tells which).
+    let f = Fake::new(2);
+    run(&f, 0, 0, 0, K);
+    let f = f.down(1);
+    let (c, p) = cmd(6, 0, 0, 0);
+    let (o, _) = pr_out(&f, &c, &p, Context { known_key: Some(K) });
+    assert_eq!(o.status, Status::GOOD);
+    assert_eq!(f.keys(), vec![]);
+}
+
+#[test]
+fn unregister_while_holding_through_a_live_path_with_another_dead() {
+    let f = Fake::new(2);
+    run(&f, 0, 0, 0, K);
+    run(&f, 1, 5, K, 0);
+    let f = f.down(1); // the non-holder is dead
+    let (o, _) = run(&f, 0, 0, K, 0);
+    assert_eq!(o.status, Status::GOOD);
+    assert_eq!(f.res(), None);
+    assert_eq!(f.keys(), vec![]);
+}
+
+#[test]
+fn key_change_with_a_dead_path_not_holding_drops_the_old_key() {
+    let f = Fake::new(2);
+    run(&f, 0, 0, 0, K);
+    let f = f.down(0);
+    let (o, _) = run(&f, 0, 0, K, K2);
+    assert_eq!(o.status, Status::GOOD);
+    assert_eq!(f.keys(), vec![(1, K2)], "no nexus left with the old key");
+    // The other host's reservation (registrants only) is not ours to move.
+    let f = Fake::new(2);
+    run(&f, 0, 0, 0, K);
+    f.out(OTHER, 6, 0, 0, K2).unwrap();
+    f.out(OTHER, 1, 5, K2, 0).unwrap();
+    let f = f.down(1);
+    let (o, _) = run(&f, 0, 0, K, 0x777);
+    assert_eq!(o.status, Status::GOOD);
+    assert_eq!(f.keys(), vec![(0, 0x777), (OTHER, K2)]);
+    assert_eq!(f.res(), Some((OTHER, 5)));
+}
+
+#[test]
+fn key_change_while_holding_with_every_path_up_keeps_the_reservation() {
+    // The reservation follows the key on a single path; on every path here.
+    let f = Fake::new(2);
+    run(&f, 0, 0, 0, K);
+    run(&f, 1, 5, K, 0);
+    let (c, p) = cmd(6, 0, 0, K2);
+    let (o, _) = pr_out(&f, &c, &p, Context { known_key: Some(K) });
+    assert_eq!(o.status, Status::GOOD);
+    assert_eq!(f.keys(), vec![(0, K2), (1, K2)]);
+    assert_eq!(f.res(), Some((0, 5)));
+    assert_eq!(f.sent_to(4), Vec::<usize>::new());
+}
+
+#[test]
+fn release_by_a_non_holder_with_a_dead_path_is_harmless() {
+    let f = Fake::new(2);
+    run(&f, 0, 0, 0, K);
+    f.out(OTHER, 6, 0, 0, K2).unwrap();
+    f.out(OTHER, 1, 5, K2, 0).unwrap();
+    let f = f.down(0);
+    let (o, _) = run(&f, 2, 5, K, 0);
+    assert_eq!(o.status, Status::GOOD);
+    assert_eq!(f.res(), Some((OTHER, 5)));
+    assert_eq!(f.keys(), vec![(0, K), (1, K), (OTHER, K2)]);
+    assert_eq!(f.sent_to(4), Vec::<usize>::new());
+}
+
+#[test]
 fn register_and_move_moves_on_to_the_holding_path() {
     let f = Fake::new(2);
     run(&f, 0, 0, 0, K);
