@@ -87,6 +87,8 @@ const CASES: &[Case] = &[
         "multipath_crash",
         "prhelper SIGKILLed mid multipath PR OUT (>=100 kills): after restart and the client's retry every path agrees and multipathd's key matches",
         cases::crash::multipath_crash,
+    ),
+    case(
         "cluster_validation",
         "two-node failover cluster validation (MS-CSVP) on one LU: LIO, C helper, prhelper single-path, multipath, multipath with dead legs and multipathd; same answers",
         cases::cluster::cluster_validation,
