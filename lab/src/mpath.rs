@@ -715,17 +715,7 @@ impl Multipathd {
 
         // 3. multipathd in the foreground (-d), no timestamps (-s).
         let t = Instant::now();
-        let log = std::fs::File::create(&m.log).map_err(|e| e.to_string())?;
-        let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        m.multipathd = Some(
-            Command::new("multipathd")
-                .args(["-d", "-s", "-v3"])
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log2)
-                .spawn()
-                .map_err(|e| format!("cannot start multipathd: {e}"))?,
-        );
+        m.spawn_multipathd(false)?;
         let want = m.paths.len();
         let log_path = m.log.clone();
         let found = wait_for(
@@ -763,6 +753,61 @@ impl Multipathd {
             .push(("multipathd to map with paths up", t.elapsed()));
         m.timings.push(("total", t_all.elapsed()));
         Ok(m)
+    }
+
+    fn spawn_multipathd(&mut self, append: bool) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(&self.log)
+            .map_err(|e| e.to_string())?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        self.multipathd = Some(
+            Command::new("multipathd")
+                .args(["-d", "-s", "-v3"])
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log2)
+                .spawn()
+                .map_err(|e| format!("cannot start multipathd: {e}"))?,
+        );
+        Ok(())
+    }
+
+    /// Restart multipathd (SIGTERM, wait, start again with the same configuration; udevd,
+    /// the map and the prkeys file stay): every client connection is lost. Returns once
+    /// the new multipathd answers with all paths up, and how long that took.
+    pub fn restart(&mut self) -> Result<Duration> {
+        let t = Instant::now();
+        if let Some(child) = self.multipathd.take() {
+            stop_child(child, "multipathd")?;
+        }
+        ensure!(
+            multipathd_socket_cmd("show daemon").is_err(),
+            "multipathd still answers after it exited"
+        );
+        self.spawn_multipathd(true)?;
+        wait_for(
+            "multipathd to answer again",
+            Duration::from_secs(40),
+            || Ok(multipathd_socket_cmd("show daemon").ok().map(|_| ())),
+        )
+        .map_err(|e| format!("{e}; multipathd log:\n{}", tail(&self.log, 40)))?;
+        let want = self.paths.len();
+        self.wait_paths(
+            "all paths up after the restart",
+            Duration::from_secs(40),
+            |ps| ps.len() == want && ps.iter().all(MpathdPath::is_up),
+        )
+        .map_err(|e| format!("{e}; multipathd log:\n{}", tail(&self.log, 40)))?;
+        Ok(t.elapsed())
+    }
+
+    /// The running multipathd's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.multipathd.as_ref().map(Child::id)
     }
 
     /// The map's WWID, also its name (`user_friendly_names no`) and, with

@@ -6,9 +6,11 @@ pub mod abuse;
 pub mod capture;
 pub mod client_actions;
 pub mod differential;
+pub mod full_status;
 pub mod lio;
 pub mod mpath_fixture;
 pub mod multipath;
+pub mod multipathd_restart;
 pub mod nested;
 pub mod perf;
 

@@ -2,14 +2,19 @@
 //! added or come back.
 //!
 //! multipathd accepts PR commands only from root (it checks SO_PEERCRED, which is taken at
-//! connect time). So the connection is opened at start-up, before `-u` drops privileges,
-//! and kept; it is reopened when multipathd restarts, which works only while still root.
+//! connect time). The connection is opened at start-up, before `-u` drops privileges, and
+//! kept; when multipathd restarts it is reopened through the installed [`Dialer`]: a
+//! direct connect (still uid 0), or, with `-u`, a request to the privileged connector
+//! process (`crate::daemon::connector`) that connects as root and passes the socket back.
 
 use std::io::{self, Read, Write};
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixStream};
-use std::sync::Mutex;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
+use tracing::debug;
 
 use crate::proto::multipathd::{self as wire, Reply};
 
@@ -20,29 +25,77 @@ pub const ABSTRACT_SOCKET: &str = "/org/kernel/linux/storage/multipathd";
 /// How long to wait for an answer (multipathd's own default `uxsock_timeout`).
 pub const TIMEOUT: Duration = Duration::from_millis(4000);
 
-/// A multipathd client shared by all workers.
-#[derive(Debug, Default)]
-pub struct Multipathd {
-    conn: Mutex<Option<UnixStream>>,
+/// Opens connections to multipathd.
+pub trait Dialer: Send + Sync {
+    /// A new connected socket (blocking or not: the caller sets its mode).
+    fn dial(&self) -> io::Result<OwnedFd>;
 }
 
-fn connect() -> io::Result<UnixStream> {
-    let s = match std::env::var("MULTIPATH_SOCKET_NAME") {
-        Ok(name) if name.starts_with('/') => UnixStream::connect(&name)?,
+/// Connects from this process ([`connect_direct`]).
+#[derive(Debug, Default)]
+pub struct Direct;
+
+impl Dialer for Direct {
+    fn dial(&self) -> io::Result<OwnedFd> {
+        connect_direct()
+    }
+}
+
+static DIALER: OnceLock<Arc<dyn Dialer>> = OnceLock::new();
+
+/// Make every [`Multipathd`] created from now on dial through `d` (once per process, at
+/// start-up; false if one was installed already).
+pub fn install_dialer(d: Arc<dyn Dialer>) -> bool {
+    DIALER.set(d).is_ok()
+}
+
+fn connect_addr(addr: &UnixAddr) -> io::Result<OwnedFd> {
+    // Non-blocking, so that a full listen backlog gives EAGAIN instead of a wait.
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    socket::connect(fd.as_raw_fd(), addr)?;
+    Ok(fd)
+}
+
+/// Connect to multipathd from this process: `MULTIPATH_SOCKET_NAME` if set (a path, or
+/// an abstract name with or without `@`), else [`PATH_SOCKET`], else [`ABSTRACT_SOCKET`].
+/// The socket is non-blocking.
+pub fn connect_direct() -> io::Result<OwnedFd> {
+    match std::env::var("MULTIPATH_SOCKET_NAME") {
+        Ok(name) if name.starts_with('/') => connect_addr(&UnixAddr::new(name.as_str())?),
         Ok(name) => {
             let name = name.strip_prefix('@').unwrap_or(&name);
-            UnixStream::connect_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)?
+            connect_addr(&UnixAddr::new_abstract(name.as_bytes())?)
         }
-        Err(_) => match UnixStream::connect(PATH_SOCKET) {
-            Ok(s) => s,
-            Err(_) => UnixStream::connect_addr(&SocketAddr::from_abstract_name(
-                ABSTRACT_SOCKET.as_bytes(),
-            )?)?,
+        Err(_) => match connect_addr(&UnixAddr::new(PATH_SOCKET)?) {
+            Ok(s) => Ok(s),
+            Err(_) => connect_addr(&UnixAddr::new_abstract(ABSTRACT_SOCKET.as_bytes())?),
         },
-    };
-    s.set_read_timeout(Some(TIMEOUT))?;
-    s.set_write_timeout(Some(TIMEOUT))?;
-    Ok(s)
+    }
+}
+
+/// A multipathd client shared by all workers.
+pub struct Multipathd {
+    conn: Mutex<Option<UnixStream>>,
+    dialer: Arc<dyn Dialer>,
+}
+
+impl std::fmt::Debug for Multipathd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Multipathd")
+            .field("conn", &self.conn)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Multipathd {
+    fn default() -> Multipathd {
+        Multipathd::new()
+    }
 }
 
 fn exchange(s: &mut UnixStream, cmd: &str) -> io::Result<Reply> {
@@ -58,8 +111,26 @@ fn exchange(s: &mut UnixStream, cmd: &str) -> io::Result<Reply> {
 }
 
 impl Multipathd {
+    /// A client that dials through the installed dialer ([`install_dialer`]), else directly.
     pub fn new() -> Multipathd {
-        Multipathd::default()
+        let dialer = DIALER.get().cloned().unwrap_or_else(|| Arc::new(Direct));
+        Multipathd::with_dialer(dialer)
+    }
+
+    /// A client that dials through `dialer`.
+    pub fn with_dialer(dialer: Arc<dyn Dialer>) -> Multipathd {
+        Multipathd {
+            conn: Mutex::new(None),
+            dialer,
+        }
+    }
+
+    fn connect(&self) -> io::Result<UnixStream> {
+        let s = UnixStream::from(self.dialer.dial()?);
+        s.set_nonblocking(false)?;
+        s.set_read_timeout(Some(TIMEOUT))?;
+        s.set_write_timeout(Some(TIMEOUT))?;
+        Ok(s)
     }
 
     /// Open the connection now (at start-up, as root). Errors are for logging only: the
@@ -67,7 +138,7 @@ impl Multipathd {
     pub fn connect_now(&self) -> io::Result<()> {
         let mut g = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         if g.is_none() {
-            *g = Some(connect()?);
+            *g = Some(self.connect()?);
         }
         Ok(())
     }
@@ -95,10 +166,13 @@ impl Multipathd {
                     *g = None;
                     return Err(e);
                 }
-                Err(_) => *g = None,
+                Err(e) => {
+                    debug!("multipathd: reconnecting (the connection broke: {e})");
+                    *g = None;
+                }
             }
         }
-        let mut s = connect()?;
+        let mut s = self.connect()?;
         let r = exchange(&mut s, cmd);
         if r.is_ok() {
             *g = Some(s);
