@@ -13,9 +13,9 @@ use crate::scsi::sense::SenseCode;
 
 /// Size of the PR IN buffer each worker hands to [`execute`]: room to place the
 /// protocol's 8192 bytes ([`placement`]), then a page of slack, because devices may write
-/// past the allocation length: LIO on Linux 6.1 does, by up to 24 bytes, for READ FULL
-/// STATUS lengths that cut a descriptor (it checks a descriptor's TransportID against the
-/// allocation length, but not its 24-byte header).
+/// past the allocation length: LIO on Linux 6.1 does, by up to 20 bytes, for READ FULL
+/// STATUS lengths that cut a descriptor (lab case `full_status_cut`: at allocation
+/// lengths 24, 28, ... 40 it wrote up to byte 44).
 ///
 /// When the kernel maps the buffer directly (address and length 4-byte aligned), such
 /// bytes land in the caller's page after the data; past that page they land in kernel
