@@ -2,7 +2,8 @@
 //!
 //! Start-up, all on one thread: signals → socket activation check → resolve -u/-g →
 //! (fork, with -d) → pid file → listening socket → RLIMIT_NOFILE → multipath set-up
-//! (dm control node, multipathd connection: both need root) → privilege drop →
+//! (with -u: the multipathd connector process; dm control node, multipathd connection:
+//! all need root) → privilege drop →
 //! readiness (sd_notify READY=1; the -d parent exits 0) → sandbox (no_new_privs, Landlock,
 //! seccomp) → worker threads.
 
