@@ -9,7 +9,8 @@
 //! - U's connector is its only child: uid 0, no capabilities in any set, no_new_privs,
 //!   seccomp filter mode, only stdio (on /dev/null) and its socket open; R has none; U
 //!   runs as nobody;
-//! - REGISTER through U: multipathd's key (getprkey) follows; multipathd restarts; a key
+//! - REGISTER through U: multipathd's key (getprkey) follows; a `setprkey` over a
+//!   connection opened by nobody is refused (the control); multipathd restarts; a key
 //!   change through U reaches the new multipathd (getprkey shows the new key: only a
 //!   uid-0 connection can set it, the prkeys file still held the old one); a key change
 //!   through R (its connection was lost too) also does; a second restart, then REGISTER
@@ -24,7 +25,7 @@ use prhelper::scsi::Status;
 use prhelper_lab::helper::Helper;
 use prhelper_lab::mpath::{self, legs_with_key, lio_view, Multipathd};
 use prhelper_lab::prh::{self, expect_reply, keys, open_rw, with_log};
-use prhelper_lab::util::{scratch_dir, wait_for};
+use prhelper_lab::util::{run, scratch_dir, wait_for};
 use prhelper_lab::{ensure, Result};
 use std::fs::File;
 use std::time::{Duration, Instant};
@@ -154,6 +155,39 @@ pub fn multipathd_restart() -> Result<()> {
     const K4: u64 = 0x74;
     register("U: REGISTER 0 -> K1", &mut cu, &dev, &u, Register, 0, K1)?;
     expect_key(&mpd, &lun, Some(K1), "before the restart")?;
+
+    // The control: a connection opened by nobody is refused (so a key reaching the
+    // restarted multipathd through U can only have come over a uid-0 connection).
+    let probe = format!(
+        "import socket,struct\n\
+         s=socket.socket(socket.AF_UNIX)\n\
+         s.connect('\\0/org/kernel/linux/storage/multipathd')\n\
+         c=b'setprkey map {} key 0x99\\0'\n\
+         s.sendall(struct.pack('N',len(c))+c)\n\
+         n=struct.unpack('N',s.recv(8))[0]\n\
+         print(s.recv(n).decode(errors='replace'))",
+        mpd.wwid()
+    );
+    let o = run(
+        "setpriv",
+        &[
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            &probe,
+        ],
+    )?;
+    ensure!(
+        o.status == 0 && o.text().contains("permission deny") && mpd.getprkey()? == Some(K1),
+        "multipathd did not refuse setprkey from nobody: {}",
+        o.describe()
+    );
+    println!(
+        "  setprkey over a connection opened by nobody: {:?}",
+        o.stdout.trim_end_matches(&['\0', '\n', ' '][..])
+    );
 
     let took = mpd.restart()?;
     println!(
