@@ -215,6 +215,8 @@ pub struct Target {
     wwn_dir: PathBuf,
     tpg_dir: PathBuf,
     device: ScsiDevice,
+    /// Node ACLs added with [`Target::add_acl`] (their directories).
+    acls: Vec<PathBuf>,
     removed: bool,
 }
 
@@ -236,6 +238,7 @@ impl Target {
                 disk: PathBuf::new(),
                 sg: PathBuf::new(),
             },
+            acls: Vec::new(),
             removed: false,
         };
         mkdir_all(&t.tpg_dir)?;
@@ -316,6 +319,19 @@ impl Target {
         Ok(read_attr(&self.tpg_dir.join("transport_status"))? == "online")
     }
 
+    /// Add a node ACL for `initiator` (a `naa.` WWN with no session) with LUN 0 mapped,
+    /// so that a SPEC_I_PT REGISTER through this target can name it: each such
+    /// TransportID becomes a registration (an I_T nexus) of its own, without a SCSI host
+    /// per initiator. Removed with the target.
+    pub fn add_acl(&mut self, initiator: &str) -> Result<()> {
+        let acl = self.tpg_dir.join("acls").join(initiator);
+        let mapped = acl.join("lun_0");
+        mkdir_all(&mapped)?;
+        self.acls.push(acl);
+        std::os::unix::fs::symlink(self.tpg_dir.join("lun/lun_0"), mapped.join("lun"))
+            .map_err(|e| format!("cannot map LUN 0 for ACL {initiator} on {}: {e}", self.wwn))
+    }
+
     /// Unmap the LUN and remove the target (the SCSI host goes away).
     pub fn remove(mut self) -> Result<()> {
         self.teardown()
@@ -326,6 +342,20 @@ impl Target {
             return Ok(());
         }
         self.removed = true;
+        for acl in std::mem::take(&mut self.acls) {
+            let mapped = acl.join("lun_0");
+            let link = mapped.join("lun");
+            if link.symlink_metadata().is_ok() {
+                std::fs::remove_file(&link)
+                    .map_err(|e| format!("cannot unlink {}: {e}", link.display()))?;
+            }
+            for dir in [&mapped, &acl] {
+                if dir.exists() {
+                    std::fs::remove_dir(dir)
+                        .map_err(|e| format!("cannot remove {}: {e}", dir.display()))?;
+                }
+            }
+        }
         let lun_dir = self.tpg_dir.join("lun/lun_0");
         let link = lun_dir.join("lio_lun");
         if link.symlink_metadata().is_ok() {

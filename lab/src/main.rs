@@ -69,6 +69,11 @@ const CASES: &[Case] = &[
         cases::perf::hung_device,
     ),
     case(
+        "full_status_cut",
+        "READ FULL STATUS of 180 registrations (8648 bytes) cut at ~1500 lengths: exact reply, LIO's overrun stays in prhelper's slack",
+        cases::full_status::full_status_cut,
+    ),
+    case(
         "mpath_fixture",
         "lab dm-multipath blocks: SG_IO via a dmsetup map reaches one path; multipathd + mpathpersist register all, re-register",
         cases::mpath_fixture::mpath_fixture,
@@ -102,6 +107,11 @@ const CASES: &[Case] = &[
         "nested_qemu_prhelper",
         "nested QEMU through prhelper, which is restarted mid-run: QEMU reconnects",
         cases::nested::nested_qemu_prhelper,
+    ),
+    case(
+        "multipathd_restart",
+        "multipathd restarts under prhelper -u nobody (connector process) and as root: the next REGISTERs reach the new multipathd",
+        cases::multipathd_restart::multipathd_restart,
     ),
     case(
         "multipath_nested_qemu",

@@ -750,44 +750,7 @@ impl Multipathd {
 
         // 3. multipathd in the foreground (-d), no timestamps (-s).
         let t = Instant::now();
-        let log = std::fs::File::create(&m.log).map_err(|e| e.to_string())?;
-        let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        let mut cmd = Command::new("multipathd");
-        cmd.args(["-d", "-s", "-v3"]);
-        // With a pathname socket: bound and listening here, inherited as fd 3;
-        // LISTEN_PID must be multipathd's own pid, hence the shell's `$$` + exec.
-        let listener = match socket {
-            None => None,
-            Some(path) => {
-                let _ = std::fs::remove_file(path);
-                let l = std::os::unix::net::UnixListener::bind(path)
-                    .map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
-                let fd = std::os::fd::AsRawFd::as_raw_fd(&l);
-                // SAFETY: F_SETFD on a descriptor we own; clears FD_CLOEXEC only.
-                if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } != 0 {
-                    bail!("fcntl: {}", std::io::Error::last_os_error());
-                }
-                let redirect = if fd == 3 {
-                    String::new()
-                } else {
-                    format!("exec 3<&{fd} {fd}<&-; ")
-                };
-                cmd = Command::new("sh");
-                cmd.args([
-                    "-c",
-                    &format!("{redirect}LISTEN_FDS=1 LISTEN_PID=$$ exec multipathd -d -s -v3"),
-                ]);
-                Some(l)
-            }
-        };
-        m.multipathd = Some(
-            cmd.stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log2)
-                .spawn()
-                .map_err(|e| format!("cannot start multipathd: {e}"))?,
-        );
-        drop(listener);
+        m.spawn_multipathd(false)?;
         let sock = m.socket.clone();
         let want = m.paths.len();
         let log_path = m.log.clone();
@@ -828,6 +791,88 @@ impl Multipathd {
             .push(("multipathd to map with paths up", t.elapsed()));
         m.timings.push(("total", t_all.elapsed()));
         Ok(m)
+    }
+
+    fn spawn_multipathd(&mut self, append: bool) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(&self.log)
+            .map_err(|e| e.to_string())?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let mut cmd = Command::new("multipathd");
+        cmd.args(["-d", "-s", "-v3"]);
+        // With a pathname socket: bound and listening here, inherited as fd 3;
+        // LISTEN_PID must be multipathd's own pid, hence the shell's `$$` + exec.
+        let listener = match &self.socket {
+            None => None,
+            Some(path) => {
+                let _ = std::fs::remove_file(path);
+                let l = std::os::unix::net::UnixListener::bind(path)
+                    .map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&l);
+                // SAFETY: F_SETFD on a descriptor we own; clears FD_CLOEXEC only.
+                if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } != 0 {
+                    bail!("fcntl: {}", std::io::Error::last_os_error());
+                }
+                let redirect = if fd == 3 {
+                    String::new()
+                } else {
+                    format!("exec 3<&{fd} {fd}<&-; ")
+                };
+                cmd = Command::new("sh");
+                cmd.args([
+                    "-c",
+                    &format!("{redirect}LISTEN_FDS=1 LISTEN_PID=$$ exec multipathd -d -s -v3"),
+                ]);
+                Some(l)
+            }
+        };
+        self.multipathd = Some(
+            cmd.stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log2)
+                .spawn()
+                .map_err(|e| format!("cannot start multipathd: {e}"))?,
+        );
+        drop(listener);
+        Ok(())
+    }
+
+    /// Restart multipathd (SIGTERM, wait, start again with the same configuration; udevd,
+    /// the map and the prkeys file stay): every client connection is lost. Returns once
+    /// the new multipathd answers with all paths up, and how long that took.
+    pub fn restart(&mut self) -> Result<Duration> {
+        let t = Instant::now();
+        if let Some(child) = self.multipathd.take() {
+            stop_child(child, "multipathd")?;
+        }
+        ensure!(
+            multipathd_socket_cmd("show daemon").is_err(),
+            "multipathd still answers after it exited"
+        );
+        self.spawn_multipathd(true)?;
+        wait_for(
+            "multipathd to answer again",
+            Duration::from_secs(40),
+            || Ok(multipathd_socket_cmd("show daemon").ok().map(|_| ())),
+        )
+        .map_err(|e| format!("{e}; multipathd log:\n{}", tail(&self.log, 40)))?;
+        let want = self.paths.len();
+        self.wait_paths(
+            "all paths up after the restart",
+            Duration::from_secs(40),
+            |ps| ps.len() == want && ps.iter().all(MpathdPath::is_up),
+        )
+        .map_err(|e| format!("{e}; multipathd log:\n{}", tail(&self.log, 40)))?;
+        Ok(t.elapsed())
+    }
+
+    /// The running multipathd's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.multipathd.as_ref().map(Child::id)
     }
 
     /// The map's WWID, also its name (`user_friendly_names no`) and, with

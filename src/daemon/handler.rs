@@ -5,26 +5,75 @@ use std::os::fd::OwnedFd;
 use std::os::fd::{AsFd, AsRawFd};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use tracing::{debug, error};
 
 use crate::dev::{Backend, Outcome};
 use crate::proto::{Request, RequestKind};
 use crate::scsi::sense::SenseCode;
 
-/// Size of the PR IN buffer each worker hands to [`execute`]: the protocol's 8192 bytes
-/// plus a page of slack, because devices may write past the allocation length (LIO on
-/// Linux 6.1 does, by up to 20 bytes, for READ FULL STATUS lengths that cut a
-/// descriptor). When the kernel maps the buffer directly, such bytes land in the slack,
-/// never on other memory; they are never sent (the reply is cut at the allocation length).
-pub const PR_IN_BUFFER: usize = crate::proto::wire::MAX_DATA + 4096;
+/// Size of the PR IN buffer each worker hands to [`execute`]: room to place the
+/// protocol's 8192 bytes ([`placement`]), then a page of slack, because devices may write
+/// past the allocation length: LIO on Linux 6.1 does, by up to 20 bytes, for READ FULL
+/// STATUS lengths that cut a descriptor (lab case `full_status_cut`: at allocation
+/// lengths 24, 28, ... 40 it wrote up to byte 44).
+///
+/// When the kernel maps the buffer directly (address and length 4-byte aligned), such
+/// bytes land in the caller's page after the data; past that page they land in kernel
+/// memory: with tcm_loop, LIO's buffer is the caller's pages, and in the lab a cut that
+/// ended on a page boundary was a kernel oops (a write to the unmapped page after the
+/// buffer's vmap; with a one-page buffer it would be the physically next page). So the
+/// transfer is placed to end [`END_IN_PAGE`] bytes into a page, leaving the rest of that
+/// page, in the slack, for whatever the device writes past it. The slack is filled with
+/// [`CANARY`] before each PR IN and checked after it: bytes the device wrote there are
+/// logged (debug) and never sent (the reply is cut at the allocation length).
+pub const PR_IN_BUFFER: usize = PAGE + crate::proto::wire::MAX_DATA + SLACK;
 
-/// Run `req` on `backend`. PR IN data lands in `buf` (at least [`PR_IN_BUFFER`] bytes).
+/// The page size placement assumes (larger pages are multiples of it: the transfer then
+/// still ends at least `PAGE - END_IN_PAGE` bytes before a page end).
+const PAGE: usize = 4096;
+
+/// Where in its page a PR IN transfer ends.
+pub const END_IN_PAGE: usize = 64;
+
+/// Offset in a buffer at address `base` where an `alloc`-byte transfer starts so that it
+/// ends [`END_IN_PAGE`] bytes into a page (less than a page; a multiple of 4 when `base`
+/// and `alloc` are, so the kernel still maps it directly).
+pub fn placement(base: usize, alloc: usize) -> usize {
+    (END_IN_PAGE + PAGE - (base + alloc) % PAGE) % PAGE
+}
+
+/// Bytes of slack after a PR IN allocation length.
+pub const SLACK: usize = 4096;
+
+/// What the slack holds before a PR IN.
+pub const CANARY: u8 = 0xa5;
+
+/// Run `req` on `backend`. PR IN data lands at the start of `buf` (at least
+/// [`PR_IN_BUFFER`] bytes), `Outcome::len` of them.
 pub fn execute(backend: &dyn Backend, req: &Request<OwnedFd>, buf: &mut [u8]) -> Outcome {
     match &req.kind {
         RequestKind::PrIn { alloc } => {
-            debug_assert!(buf.len() >= alloc.get() + 4096);
-            let buf = &mut buf[..alloc.get()];
-            buf.fill(0);
-            backend.pr_in(req.fd.as_fd(), &req.cdb, buf)
+            let alloc = alloc.get();
+            debug_assert!(buf.len() >= PR_IN_BUFFER);
+            let start = placement(buf.as_ptr() as usize, alloc);
+            let end = start + alloc;
+            buf[start..end].fill(0);
+            buf[end..end + SLACK].fill(CANARY);
+            let mut outcome = backend.pr_in(req.fd.as_fd(), &req.cdb, &mut buf[start..end]);
+            outcome.len = outcome.len.min(alloc);
+            let past = overrun(&buf[end..end + SLACK]);
+            // The server sends from the start of the buffer.
+            buf.copy_within(start..start + outcome.len, 0);
+            match past {
+                0 => {}
+                SLACK => error!(
+                    "PR IN: the device wrote to the end of the {SLACK}-byte slack past allocation length {alloc}: memory past the buffer may be damaged"
+                ),
+                n => debug!(
+                    "PR IN: the device wrote {n} bytes past allocation length {alloc} (into the slack; not sent)"
+                ),
+            }
+            outcome
         }
         RequestKind::PrOut { params } => {
             // Without CAP_SYS_RAWIO the kernel's SG_IO filter would refuse PR OUT on a
@@ -38,9 +87,52 @@ pub fn execute(backend: &dyn Backend, req: &Request<OwnedFd>, buf: &mut [u8]) ->
     }
 }
 
+/// How far into the slack the device wrote: the position after the last byte that is not
+/// [`CANARY`] any more (a lower bound when the device wrote canary bytes itself).
+pub fn overrun(slack: &[u8]) -> usize {
+    slack
+        .iter()
+        .rposition(|&b| b != CANARY)
+        .map_or(0, |n| n + 1)
+}
+
 fn is_read_only(fd: &OwnedFd) -> bool {
     match fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL) {
         Ok(flags) => OFlag::from_bits_truncate(flags) & OFlag::O_ACCMODE == OFlag::O_RDONLY,
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrun_is_the_end_of_the_last_changed_byte() {
+        let mut slack = [CANARY; SLACK];
+        assert_eq!(overrun(&slack), 0);
+        slack[0] = 0;
+        assert_eq!(overrun(&slack), 1);
+        slack[19] = 7;
+        assert_eq!(overrun(&slack), 20);
+        // A byte equal to the canary inside the written range does not shorten it.
+        slack[10] = CANARY;
+        assert_eq!(overrun(&slack), 20);
+        slack[SLACK - 1] = 0;
+        assert_eq!(overrun(&slack), SLACK);
+    }
+
+    #[test]
+    fn placement_ends_the_transfer_early_in_a_page() {
+        for base in [0usize, 16, 0xed0, 4080, 4096, 0x7f00_0000_1230] {
+            for alloc in [0usize, 1, 3, 4, 8, 64, 65, 4032, 4096, 4400, 8191, 8192] {
+                let s = placement(base, alloc);
+                assert!(s < PAGE && s + alloc + SLACK <= PR_IN_BUFFER);
+                assert_eq!((base + s + alloc) % PAGE, END_IN_PAGE, "{base:#x} {alloc}");
+                if base % 4 == 0 && alloc % 4 == 0 {
+                    assert_eq!((base + s) % 4, 0);
+                }
+            }
+        }
     }
 }

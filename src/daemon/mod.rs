@@ -2,11 +2,13 @@
 //!
 //! Start-up, all on one thread: signals → socket activation check → resolve -u/-g →
 //! (fork, with -d) → pid file → listening socket → RLIMIT_NOFILE → multipath set-up
-//! (dm control node, multipathd connection: both need root) → privilege drop →
+//! (with -u: the multipathd connector process; dm control node, multipathd connection:
+//! all need root) → privilege drop →
 //! readiness (sd_notify READY=1; the -d parent exits 0) → sandbox (no_new_privs, Landlock,
 //! seccomp) → worker threads.
 
 pub mod cli;
+pub mod connector;
 pub mod handler;
 pub mod listen;
 pub mod logging;
@@ -23,7 +25,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::dev::SgIo;
 use crate::sys::process::{fork_single_threaded, Forked};
@@ -207,6 +209,7 @@ fn start(args: &Args, ready_pipe: &mut Option<UnixStream>) -> Result<(), StartEr
     };
     // Multipath set-up needs root: the dm control node, and multipathd's socket (which
     // checks the peer's uid at connect time), so it happens before privileges go.
+    let mut multipathd_connect = true;
     let multipath = match args.multipath {
         cli::MultipathMode::Off => None,
         cli::MultipathMode::Auto => match crate::dev::mpath::dm_major() {
@@ -215,8 +218,21 @@ fn start(args: &Args, ready_pipe: &mut Option<UnixStream>) -> Result<(), StartEr
                 None
             }
             Some(_) => {
-                if identity.is_some_and(|i| !i.uid.is_root()) {
-                    warn!("multipath: with -u, the user needs read access to the maps' path devices (e.g. -g disk), and multipathd accepts PR commands only over the connection opened now as root: if multipathd restarts, paths that come back are not registered until prhelper restarts");
+                if identity.is_some_and(|i| !i.uid.is_root())
+                    && nix::unistd::Uid::effective().is_root()
+                {
+                    info!("multipath: with -u, the user needs read access to the maps' path devices (e.g. -g disk)");
+                    // multipathd accepts PR commands only from connections opened by
+                    // uid 0: a connector process keeps uid 0 (and nothing else) to
+                    // reopen them after a multipathd restart.
+                    match connector::spawn(args.seccomp) {
+                        Ok(c) => {
+                            debug!("multipath: multipathd connector started (pid {})", c.pid());
+                            multipathd_connect = false;
+                            crate::dev::mpath::multipathd::install_dialer(std::sync::Arc::new(c));
+                        }
+                        Err(e) => warn!("multipath: cannot start the multipathd connector ({e}): if multipathd restarts, paths that come back are not registered until prhelper restarts"),
+                    }
                 }
                 Some(crate::dev::mpath::Multipath::new(plain.clone(), true))
             }
@@ -225,7 +241,10 @@ fn start(args: &Args, ready_pipe: &mut Option<UnixStream>) -> Result<(), StartEr
     privs::drop_privileges(identity, &privs::kept(multipath.is_some()))?;
     crate::sys::process::limit_malloc_arenas(2);
     let extra = if multipath.is_some() {
-        seccomp::Extra::multipath()
+        seccomp::Extra {
+            multipathd_connect,
+            ..seccomp::Extra::multipath()
+        }
     } else {
         seccomp::Extra::default()
     };

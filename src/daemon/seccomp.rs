@@ -43,6 +43,9 @@ pub struct Extra {
     /// dm-multipath support: device-mapper ioctls, read-only opens of path devices and
     /// sysfs, threads per path, and multipathd's socket.
     pub multipath: bool,
+    /// With `multipath`: the workers connect to multipathd themselves (`socket`,
+    /// `connect`); off when the connector process does it for them (`-u`).
+    pub multipathd_connect: bool,
 }
 
 impl Extra {
@@ -54,6 +57,7 @@ impl Extra {
                 crate::sys::dm::DM_DEV_SUSPEND,
             ],
             multipath: true,
+            multipathd_connect: true,
         }
     }
 }
@@ -63,10 +67,6 @@ impl Extra {
 fn multipath_plain() -> Vec<(i64, &'static str)> {
     use libc::*;
     let mut v = vec![
-        (
-            SYS_connect,
-            "multipathd: reconnecting after it restarted, or its socket appeared late (KubeVirt's bind mount)",
-        ),
         (SYS_setsockopt, "multipathd reply timeout"),
         (SYS_readlinkat, "sysfs: a path's kernel name and SCSI host"),
         (
@@ -232,18 +232,12 @@ pub fn build(mode: Mode, extra: &Extra) -> Result<Option<Filters>, String> {
             for (nr, _why) in multipath_plain() {
                 rules.insert(nr, vec![]);
             }
-            // socket: AF_UNIX only (multipathd).
-            rules.insert(
-                libc::SYS_socket,
-                vec![SeccompRule::new(vec![SeccompCondition::new(
-                    0,
-                    SeccompCmpArgLen::Dword,
-                    SeccompCmpOp::Eq,
-                    libc::AF_UNIX as u64,
-                )
-                .map_err(err)?])
-                .map_err(err)?],
-            );
+        }
+        if extra.multipath && extra.multipathd_connect {
+            // Reconnecting to multipathd after it restarted, or when its socket appears
+            // late (KubeVirt's bind mount): socket(AF_UNIX) and connect.
+            rules.insert(libc::SYS_connect, vec![]);
+            rules.insert(libc::SYS_socket, unix_socket_rule()?);
         }
         // ioctl: only these request numbers (argument 1, compared as 32 bits).
         let mut ioctls = vec![SG_IO, FIONBIO];
@@ -318,6 +312,90 @@ pub fn build(mode: Mode, extra: &Extra) -> Result<Option<Filters>, String> {
     }
 }
 
+/// `socket()` with AF_UNIX only.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn unix_socket_rule() -> Result<Vec<SeccompRule>, String> {
+    let err = |e: seccompiler::BackendError| e.to_string();
+    Ok(vec![SeccompRule::new(vec![SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        libc::AF_UNIX as u64,
+    )
+    .map_err(err)?])
+    .map_err(err)?])
+}
+
+/// (syscall, why) pairs the multipathd connector process ([`super::connector`]) may make.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn connector_plain() -> Vec<(i64, &'static str)> {
+    use libc::*;
+    vec![
+        (SYS_read, "requests from the daemon"),
+        (SYS_recvfrom, "requests (std reads sockets with recv)"),
+        (SYS_connect, "connecting to multipathd"),
+        (
+            SYS_sendmsg,
+            "passing the connected socket back (SCM_RIGHTS)",
+        ),
+        (SYS_sendto, "READY (std writes to sockets with send)"),
+        (SYS_close, "the connected socket once passed"),
+        (SYS_brk, "allocator (the socket name, nix's control buffer)"),
+        (SYS_mmap, "allocator"),
+        (SYS_munmap, "allocator"),
+        (SYS_mremap, "allocator"),
+        (SYS_futex, "std's environment lock (MULTIPATH_SOCKET_NAME)"),
+        (SYS_rt_sigreturn, "returning from a signal handler"),
+        (SYS_restart_syscall, "a read interrupted by a signal"),
+        (SYS_rt_sigprocmask, "abort on panic"),
+        (SYS_gettid, "abort on panic"),
+        (SYS_getpid, "abort on panic"),
+        (SYS_tgkill, "abort on panic"),
+        (SYS_write, "panic message (stderr is /dev/null)"),
+        (SYS_exit_group, "exit when the daemon closes its end"),
+        (SYS_exit, "exit"),
+    ]
+}
+
+/// The connector's filter: [`connector_plain`] and `socket(AF_UNIX)`; anything else kills
+/// it (or is logged with `--seccomp=log`). `None` when the architecture is not supported
+/// or mode is Off.
+pub fn build_connector(mode: Mode) -> Result<Option<Filters>, String> {
+    if mode == Mode::Off {
+        return Ok(None);
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    return Ok(None);
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    {
+        let err = |e: seccompiler::BackendError| e.to_string();
+        let mut rules: BTreeMap<i64, Vec<SeccompRule>> = connector_plain()
+            .into_iter()
+            .map(|(nr, _)| (nr, vec![]))
+            .collect();
+        rules.insert(libc::SYS_socket, unix_socket_rule()?);
+        // fcntl(F_GETFD) only: std's debug check that an fd it closes is open.
+        rules.insert(
+            libc::SYS_fcntl,
+            vec![SeccompRule::new(vec![SeccompCondition::new(
+                1,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                libc::F_GETFD as u64,
+            )
+            .map_err(err)?])
+            .map_err(err)?],
+        );
+        let mismatch = match mode {
+            Mode::Log => SeccompAction::Log,
+            _ => SeccompAction::KillProcess,
+        };
+        let filter =
+            SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch()).map_err(err)?;
+        Ok(Some(vec![BpfProgram::try_from(filter).map_err(err)?]))
+    }
+}
+
 /// Install the filters on the calling thread (threads started later inherit them).
 pub fn apply(filters: &[BpfProgram]) -> Result<(), String> {
     for prog in filters {
@@ -337,10 +415,23 @@ mod tests {
         assert!(!p.is_empty());
         assert!(build(Mode::Log, &Extra::multipath()).unwrap().is_some());
         assert!(build(Mode::Kill, &Extra::multipath()).unwrap().is_some());
+        let no_connect = Extra {
+            multipathd_connect: false,
+            ..Extra::multipath()
+        };
+        assert!(build(Mode::Kill, &no_connect).unwrap().is_some());
+        assert!(build_connector(Mode::Off).unwrap().is_none());
+        assert!(build_connector(Mode::Kill).unwrap().is_some());
     }
 
     #[test]
     fn no_duplicate_entries() {
+        let mut c: Vec<i64> = connector_plain().into_iter().map(|(n, _)| n).collect();
+        let len = c.len();
+        c.sort();
+        c.dedup();
+        assert_eq!(c.len(), len);
+
         let mut nrs: Vec<i64> = plain()
             .into_iter()
             .chain(refused())

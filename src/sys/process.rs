@@ -50,3 +50,22 @@ pub fn trim_heap() {
         libc::malloc_trim(0);
     }
 }
+
+/// Put `signals` back to their default action (a forked helper process must not run the
+/// daemon's handlers, which write to the daemon's signal pipe).
+pub fn default_signals(signals: &[libc::c_int]) {
+    for &sig in signals {
+        // SAFETY: installing SIG_DFL runs no code of ours in signal context; an invalid
+        // signal number only makes the call fail.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+}
+
+/// End the process at once (`_exit`): no destructors, no atexit handlers, no stdio
+/// flush. For a forked child, whose copies of the parent's objects are not its own.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit takes any status and never returns; skipping destructors is the point.
+    unsafe { libc::_exit(code) }
+}

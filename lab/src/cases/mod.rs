@@ -8,10 +8,12 @@ pub mod client_actions;
 pub mod cluster;
 pub mod crash;
 pub mod differential;
+pub mod full_status;
 pub mod kubevirt;
 pub mod lio;
 pub mod mpath_fixture;
 pub mod multipath;
+pub mod multipathd_restart;
 pub mod nested;
 pub mod perf;
 

@@ -2,31 +2,63 @@
 //! added or come back.
 //!
 //! multipathd accepts PR commands only from root (it checks SO_PEERCRED, which is taken at
-//! connect time). So the connection is opened at start-up, before `-u` drops privileges,
-//! and kept; it is reopened when multipathd restarts, which works only while still root.
+//! connect time). The connection is opened at start-up, before `-u` drops privileges, and
+//! kept; when multipathd restarts it is reopened through the installed [`Dialer`]: a
+//! direct connect (still uid 0), or, with `-u`, a request to the privileged connector
+//! process (`crate::daemon::connector`) that connects as root and passes the socket back.
 
 use std::io::{self, Read, Write};
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixStream};
-use std::sync::Mutex;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
+use tracing::debug;
 
 use crate::proto::multipathd::{self as wire, Reply};
 
-/// multipathd's pathname socket: multipath-tools 0.12+ listen on it, an older one can be
-/// given it by socket activation, and in a container it is where KubeVirt's entrypoint
-/// links the host's socket, bind-mounted into the pod (a pod's own network namespace
-/// hides the abstract socket).
+/// multipathd's pathname socket (0.12+).
 pub const PATH_SOCKET: &str = "/run/multipathd.socket";
 /// Its abstract socket (every version), without the leading NUL.
 pub const ABSTRACT_SOCKET: &str = "/org/kernel/linux/storage/multipathd";
 /// How long to wait for an answer (multipathd's own default `uxsock_timeout`).
 pub const TIMEOUT: Duration = Duration::from_millis(4000);
 
-/// A multipathd client shared by all workers.
+/// Opens connections to multipathd.
+pub trait Dialer: Send + Sync {
+    /// A new connected socket (blocking or not: the caller sets its mode).
+    fn dial(&self) -> io::Result<OwnedFd>;
+}
+
+/// Connects from this process ([`connect_direct`]).
 #[derive(Debug, Default)]
-pub struct Multipathd {
-    conn: Mutex<Option<UnixStream>>,
+pub struct Direct;
+
+impl Dialer for Direct {
+    fn dial(&self) -> io::Result<OwnedFd> {
+        connect_direct()
+    }
+}
+
+static DIALER: OnceLock<Arc<dyn Dialer>> = OnceLock::new();
+
+/// Make every [`Multipathd`] created from now on dial through `d` (once per process, at
+/// start-up; false if one was installed already).
+pub fn install_dialer(d: Arc<dyn Dialer>) -> bool {
+    DIALER.set(d).is_ok()
+}
+
+fn connect_addr(addr: &UnixAddr) -> io::Result<OwnedFd> {
+    // Non-blocking, so that a full listen backlog gives EAGAIN instead of a wait.
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    socket::connect(fd.as_raw_fd(), addr)?;
+    Ok(fd)
 }
 
 /// One place multipathd may listen.
@@ -64,15 +96,15 @@ fn addresses(env: Option<&str>) -> Vec<Addr> {
 }
 
 /// Connect to the first address that accepts; the error names every failure.
-fn connect_any(addrs: &[Addr]) -> io::Result<UnixStream> {
+fn connect_any(addrs: &[Addr]) -> io::Result<OwnedFd> {
     let mut failures = Vec::new();
     let mut last_kind = io::ErrorKind::NotFound;
     for a in addrs {
         let r = match a {
-            Addr::Path(p) => UnixStream::connect(p),
-            Addr::Abstract(n) => SocketAddr::from_abstract_name(n.as_bytes())
-                .and_then(|sa| UnixStream::connect_addr(&sa)),
-        };
+            Addr::Path(p) => UnixAddr::new(p.as_str()).map_err(io::Error::from),
+            Addr::Abstract(n) => UnixAddr::new_abstract(n.as_bytes()).map_err(io::Error::from),
+        }
+        .and_then(|addr| connect_addr(&addr));
         match r {
             Ok(s) => return Ok(s),
             Err(e) => {
@@ -84,12 +116,32 @@ fn connect_any(addrs: &[Addr]) -> io::Result<UnixStream> {
     Err(io::Error::new(last_kind, failures.join("; ")))
 }
 
-fn connect() -> io::Result<UnixStream> {
+/// Connect to multipathd from this process: `MULTIPATH_SOCKET_NAME` if set (a path, or
+/// an abstract name with or without `@`), else [`PATH_SOCKET`], else [`ABSTRACT_SOCKET`].
+/// The socket is non-blocking; a failure names every address tried.
+pub fn connect_direct() -> io::Result<OwnedFd> {
     let env = std::env::var("MULTIPATH_SOCKET_NAME").ok();
-    let s = connect_any(&addresses(env.as_deref()))?;
-    s.set_read_timeout(Some(TIMEOUT))?;
-    s.set_write_timeout(Some(TIMEOUT))?;
-    Ok(s)
+    connect_any(&addresses(env.as_deref()))
+}
+
+/// A multipathd client shared by all workers.
+pub struct Multipathd {
+    conn: Mutex<Option<UnixStream>>,
+    dialer: Arc<dyn Dialer>,
+}
+
+impl std::fmt::Debug for Multipathd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Multipathd")
+            .field("conn", &self.conn)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Multipathd {
+    fn default() -> Multipathd {
+        Multipathd::new()
+    }
 }
 
 fn exchange(s: &mut UnixStream, cmd: &str) -> io::Result<Reply> {
@@ -105,8 +157,26 @@ fn exchange(s: &mut UnixStream, cmd: &str) -> io::Result<Reply> {
 }
 
 impl Multipathd {
+    /// A client that dials through the installed dialer ([`install_dialer`]), else directly.
     pub fn new() -> Multipathd {
-        Multipathd::default()
+        let dialer = DIALER.get().cloned().unwrap_or_else(|| Arc::new(Direct));
+        Multipathd::with_dialer(dialer)
+    }
+
+    /// A client that dials through `dialer`.
+    pub fn with_dialer(dialer: Arc<dyn Dialer>) -> Multipathd {
+        Multipathd {
+            conn: Mutex::new(None),
+            dialer,
+        }
+    }
+
+    fn connect(&self) -> io::Result<UnixStream> {
+        let s = UnixStream::from(self.dialer.dial()?);
+        s.set_nonblocking(false)?;
+        s.set_read_timeout(Some(TIMEOUT))?;
+        s.set_write_timeout(Some(TIMEOUT))?;
+        Ok(s)
     }
 
     /// Open the connection now (at start-up, as root). Errors are for logging only: the
@@ -114,7 +184,7 @@ impl Multipathd {
     pub fn connect_now(&self) -> io::Result<()> {
         let mut g = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         if g.is_none() {
-            *g = Some(connect()?);
+            *g = Some(self.connect()?);
         }
         Ok(())
     }
@@ -142,10 +212,13 @@ impl Multipathd {
                     *g = None;
                     return Err(e);
                 }
-                Err(_) => *g = None,
+                Err(e) => {
+                    debug!("multipathd: reconnecting (the connection broke: {e})");
+                    *g = None;
+                }
             }
         }
-        let mut s = connect()?;
+        let mut s = self.connect()?;
         let r = exchange(&mut s, cmd);
         if r.is_ok() {
             *g = Some(s);
@@ -157,7 +230,8 @@ impl Multipathd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::net::UnixListener;
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixListener};
 
     #[test]
     fn addresses_in_libmpathcmd_order() {
@@ -183,7 +257,7 @@ mod tests {
         std::os::unix::fs::symlink(&real, &link).unwrap();
         let missing = Addr::Path(dir.path().join("missing").display().to_string());
         let via_link = Addr::Path(link.display().to_string());
-        let s = connect_any(&[missing.clone(), via_link]).unwrap();
+        let s = UnixStream::from(connect_any(&[missing.clone(), via_link]).unwrap());
         assert_eq!(
             s.peer_addr().unwrap().as_pathname(),
             Some(real.as_path()),
