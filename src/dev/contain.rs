@@ -74,7 +74,7 @@ impl fmt::Display for Refusal {
 pub trait Tree {
     /// Whether `path` exists (following symlinks).
     fn exists(&self, path: &Path) -> bool;
-    /// The first line of a small attribute file.
+    /// A small attribute file (at most 256 bytes are read), trimmed.
     fn read(&self, path: &Path) -> io::Result<String>;
     /// The entry names of a directory.
     fn list(&self, path: &Path) -> io::Result<Vec<String>>;
@@ -93,7 +93,7 @@ impl Tree for Sysfs {
     fn read(&self, path: &Path) -> io::Result<String> {
         // A fixed buffer: no size probing (fstat, lseek) for a file of a few bytes.
         let mut f = std::fs::File::open(path)?;
-        let mut buf = [0u8; 64];
+        let mut buf = [0u8; 256];
         let mut n = 0;
         while n < buf.len() {
             match f.read(&mut buf[n..])? {
@@ -103,7 +103,7 @@ impl Tree for Sysfs {
         }
         let s = std::str::from_utf8(&buf[..n])
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"))?;
-        Ok(s.lines().next().unwrap_or("").trim().to_string())
+        Ok(s.trim().to_string())
     }
 
     fn list(&self, path: &Path) -> io::Result<Vec<String>> {
@@ -133,7 +133,24 @@ pub fn check_fd(fd: BorrowedFd<'_>) -> Result<(), Refusal> {
 /// Check block device `maj:min` in `tree` (rooted at `/`: `sys/dev/block/MAJ:MIN`).
 pub fn check_dev(tree: &dyn Tree, maj: u64, min: u64) -> Result<(), Refusal> {
     let base = PathBuf::from(format!("/sys/dev/block/{maj}:{min}"));
-    check_path(tree, &base, &format!("{maj}:{min}"), 0)
+    let num = format!("{maj}:{min}");
+    check_path(tree, &base, &num, 0).map_err(|mut r| {
+        // Only now (a refusal is rare): the kernel name, for the log.
+        let name = tree
+            .read(&base.join("uevent"))
+            .ok()
+            .and_then(|u| {
+                u.lines()
+                    .find_map(|l| l.strip_prefix("DEVNAME=").map(str::to_string))
+            })
+            .map_or_else(|| num.clone(), |n| format!("{n} ({num})"));
+        match &mut r {
+            Refusal::Partition { dev } | Refusal::Unknown { dev, .. } if *dev == num => *dev = name,
+            Refusal::PartialMap { map, .. } if *map == num => *map = name,
+            _ => {}
+        }
+        r
+    })
 }
 
 fn check_path(tree: &dyn Tree, base: &Path, name: &str, depth: usize) -> Result<(), Refusal> {
@@ -220,7 +237,7 @@ mod tests {
         fn read(&self, path: &Path) -> io::Result<String> {
             self.0
                 .get(path)
-                .map(|s| s.lines().next().unwrap_or("").trim().to_string())
+                .map(|s| s.trim().to_string())
                 .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
         }
         fn list(&self, path: &Path) -> io::Result<Vec<String>> {
@@ -252,6 +269,17 @@ mod tests {
         assert_eq!(
             check_dev(&t, 8, 17),
             Err(Refusal::Partition { dev: "8:17".into() })
+        );
+        // Named by the kernel's name when uevent has it.
+        t.file(
+            "/sys/dev/block/8:17/uevent",
+            "MAJOR=8\nMINOR=17\nDEVNAME=sdb1\nDEVTYPE=partition\n",
+        );
+        assert_eq!(
+            check_dev(&t, 8, 17),
+            Err(Refusal::Partition {
+                dev: "sdb1 (8:17)".into()
+            })
         );
     }
 

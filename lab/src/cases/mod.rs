@@ -5,6 +5,7 @@
 pub mod abuse;
 pub mod capture;
 pub mod client_actions;
+pub mod containment;
 pub mod differential;
 pub mod lio;
 pub mod mpath_fixture;
