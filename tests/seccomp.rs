@@ -70,7 +70,14 @@ fn allowed_calls_pass() {
         assert!(std::time::Instant::now() < deadline);
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    let status = std::fs::read_to_string(format!("/proc/{}/status", d.id())).unwrap();
+    // The socket accepts before the sandbox is entered (readiness comes first): wait
+    // for the filter rather than race it (it lost on a loaded machine).
+    let read = || std::fs::read_to_string(format!("/proc/{}/status", d.id())).unwrap();
+    let mut status = read();
+    while !status.contains("Seccomp:\t2") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        status = read();
+    }
     let field = |n: &str| {
         status.lines().find(|l| l.starts_with(n)).unwrap()[n.len()..]
             .trim()
