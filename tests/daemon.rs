@@ -70,6 +70,58 @@ fn pr_out_on_read_only_fd_is_invalid_opcode() {
     assert_eq!(r.ksa(), (0x0b, 0x00, 0x06));
 }
 
+/// PARAMETER LIST LENGTH is four bytes; QEMU frames the data by the low two. A CDB whose
+/// upper bytes are set gets ILLEGAL REQUEST, PARAMETER LIST LENGTH ERROR once exactly the
+/// framed bytes are consumed (it never reaches the device: /dev/null would answer
+/// 0b/00/06), and the connection goes on with the next request.
+#[test]
+fn pr_out_length_with_upper_bytes_is_refused_after_its_data() {
+    let d = Daemon::start(&[]);
+    let mut c = d.connect();
+    let f = devnull_rw();
+    for (byte, framed) in [(5usize, 24u16), (6, 24), (5, 0), (6, 8192)] {
+        let mut cdb = pr_out_cdb(0, 0, framed);
+        cdb[byte] = 0x01;
+        let r = c.request(&cdb, f.as_fd(), &vec![0u8; usize::from(framed)]);
+        assert_eq!((r.status, r.size), (2, 0), "byte {byte}, {framed}");
+        assert_eq!(r.ksa(), (0x05, 0x1a, 0x00), "byte {byte}, {framed}");
+        // The same connection: the next request is read where it starts.
+        let r = c.request(&pr_in_cdb(0, 8), f.as_fd(), &[]);
+        assert_eq!(r.ksa(), (0x0b, 0x00, 0x06));
+    }
+    // Low 16 bits over 8192 (QEMU never sends that): closed, as before.
+    let mut c = d.connect();
+    let mut cdb = [0u8; 16];
+    cdb[..10].copy_from_slice(&pr_out_cdb(0, 0, 8193));
+    c.send(&cdb, &[f.as_fd()]);
+    assert!(c.is_closed());
+    assert_serves(&d);
+}
+
+/// The containment check runs inside the sandbox (kill-mode seccomp, Landlock) in both
+/// multipath modes: a whole block device passes it and reaches SG_IO (a loop device has
+/// none: not 05/20/00, the refusal), and the daemon lives on.
+#[test]
+fn whole_block_device_passes_containment_in_every_mode() {
+    let Ok(dev) = std::fs::File::open("/dev/loop0") else {
+        eprintln!("no /dev/loop0: skipped");
+        return;
+    };
+    for mode in ["--multipath=off", "--multipath=auto"] {
+        let d = Daemon::start(&[mode, "--seccomp=kill"]);
+        let mut c = d.connect();
+        let r = c.request(&pr_in_cdb(0, 8), dev.as_fd(), &[]);
+        assert_eq!(r.status, 2, "{mode}");
+        assert_ne!(
+            r.ksa(),
+            (0x05, 0x20, 0x00),
+            "{mode}: refused a whole device"
+        );
+        assert_serves(&d);
+        assert!(!d.stderr_text().contains("refused"), "{mode}");
+    }
+}
+
 #[test]
 fn fd_and_cdb_split_across_writes() {
     let d = Daemon::start(&[]);
@@ -469,6 +521,70 @@ fn daemon_mode_is_ready_when_the_parent_exits() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("directory"));
+}
+
+/// Live processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            if String::from_utf8_lossy(&c).contains(needle) {
+                v.push(pid);
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn daemon_mode_failed_start_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // A socket path that cannot be used: its directory is a regular file.
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, "").unwrap();
+    let sock = blocker.join("s.sock");
+    let pidfile = dir.path().join("fail.pid");
+    let errfile = dir.path().join("stderr");
+    // stderr to a file, not a pipe: a pipe's EOF would wait for the child as well.
+    let mut parent = Command::new(BIN)
+        .arg("-d")
+        .arg("-k")
+        .arg(&sock)
+        .arg("-f")
+        .arg(&pidfile)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&errfile).unwrap())
+        .spawn()
+        .unwrap();
+    let st = parent.wait().unwrap();
+    // The moment the parent is gone, so is the child (the parent waited for it).
+    let left = processes_mentioning(&sock.to_string_lossy());
+    assert!(left.is_empty(), "child still running: {left:?}");
+    assert_eq!(st.code(), Some(1));
+    assert!(!pidfile.exists(), "pid file left behind");
+    let err = std::fs::read_to_string(&errfile).unwrap();
+    assert_eq!(err.lines().count(), 1, "error printed once: {err:?}");
+    assert!(err.starts_with("prhelper: "), "{err:?}");
+    assert!(err.contains("s.sock"), "{err:?}");
+
+    // Same with the pid file in place from a previous run: it is replaced, then removed.
+    std::fs::write(&pidfile, "999999\n").unwrap();
+    let out = Command::new(BIN)
+        .arg("-d")
+        .arg("-k")
+        .arg(&sock)
+        .arg("-f")
+        .arg(&pidfile)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!pidfile.exists());
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
 }
 
 /// Run prhelper socket-activated: python sets up fd 3 and LISTEN_* then execs it.

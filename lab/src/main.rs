@@ -59,6 +59,11 @@ const CASES: &[Case] = &[
         cases::abuse::abuse,
     ),
     case(
+        "containment",
+        "partition and dm-linear slice of a LIO disk refused (LIO sees nothing); whole disk, whole dm-linear, multipath map served",
+        cases::containment::containment,
+    ),
+    case(
         "perf_real_device",
         "benchmark on a LIO LUN: READ KEYS, REGISTER/unregister; direct SG_IO vs C helper vs prhelper (ratios)",
         cases::perf::perf_real_device,

@@ -201,7 +201,7 @@ fn serve(mut sock: UnixStream) -> i32 {
             Ok(conn) => fdpass::send_with_fds(sock.as_fd(), &[0; REPLY], &[conn.as_fd()], false),
             Err(e) => {
                 let mut reply = [1u8; REPLY];
-                reply[1..].copy_from_slice(&e.raw_os_error().unwrap_or(libc::EIO).to_ne_bytes());
+                reply[1..].copy_from_slice(&multipathd::errno_of(&e).to_ne_bytes());
                 fdpass::send_with_fds(sock.as_fd(), &reply, &[], false)
             }
         };

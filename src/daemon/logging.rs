@@ -50,14 +50,15 @@ pub fn filter(verbose: u8, quiet: bool, traces: &[String]) -> (EnvFilter, Vec<St
     (f, ignored)
 }
 
-/// Install the global logger. `background`: journald/syslog instead of stderr.
-pub fn init(filter: EnvFilter, background: bool) {
+/// Install the global logger. `background`: journald/syslog instead of stderr (when
+/// neither is there, stderr after all). Returns true when logs go to stderr.
+pub fn init(filter: EnvFilter, background: bool) -> bool {
     if background {
         if let Ok(journald) = tracing_journald::layer() {
             let _ = tracing_subscriber::registry()
                 .with(journald.with_filter(filter))
                 .try_init();
-            return;
+            return false;
         }
         if let Some(syslog) = Syslog::connect() {
             let layer = tracing_subscriber::fmt::layer()
@@ -67,7 +68,7 @@ pub fn init(filter: EnvFilter, background: bool) {
             let _ = tracing_subscriber::registry()
                 .with(layer.with_writer(syslog).with_filter(filter))
                 .try_init();
-            return;
+            return false;
         }
     }
     let layer = tracing_subscriber::fmt::layer()
@@ -77,6 +78,7 @@ pub fn init(filter: EnvFilter, background: bool) {
     let _ = tracing_subscriber::registry()
         .with(layer.with_filter(filter))
         .try_init();
+    true
 }
 
 /// Minimal RFC 3164 sender to /dev/log (facility daemon).

@@ -104,21 +104,23 @@ pub fn main() -> i32 {
                 print_err(&format!("cannot daemonize: {e}"));
                 return 1;
             }
-            Ok(Forked::Parent { .. }) => {
+            Ok(Forked::Parent { child }) => {
                 drop(wr);
                 let mut msg = String::new();
                 let _ = rd.read_to_string(&mut msg);
-                return match msg.strip_prefix("OK") {
-                    Some(_) => 0,
-                    None if msg.is_empty() => {
-                        print_err("daemon exited during start-up");
-                        1
-                    }
-                    None => {
-                        print_err(&msg);
-                        1
-                    }
-                };
+                if msg.starts_with("OK") {
+                    return 0;
+                }
+                // A failed start: the child has cleaned up (socket, pid file) and is
+                // exiting; return only once it is gone, so that nothing of it outlives
+                // the command that reported the failure.
+                let _ = nix::sys::wait::waitpid(child, None);
+                print_err(if msg.is_empty() {
+                    "daemon exited during start-up"
+                } else {
+                    &msg
+                });
+                return 1;
             }
             Ok(Forked::Child) => {
                 drop(rd);
@@ -128,7 +130,7 @@ pub fn main() -> i32 {
             }
         }
     }
-    logging::init(filter, args.daemon);
+    let logs_to_stderr = logging::init(filter, args.daemon);
     for part in ignored {
         warn!("-T {part}: not supported, ignored");
     }
@@ -137,7 +139,11 @@ pub fn main() -> i32 {
         Ok(()) => 0,
         Err(e) => {
             let msg = chain(&e);
-            error!("{msg}");
+            // With -d the parent prints the error: log it here only where that is not
+            // the same terminal (journald, syslog), so that it is printed once.
+            if ready_pipe.is_none() || !logs_to_stderr {
+                error!("{msg}");
+            }
             match ready_pipe {
                 Some(mut p) => {
                     let _ = p.write_all(msg.as_bytes());
@@ -184,10 +190,11 @@ fn start(args: &Args, ready_pipe: &mut Option<UnixStream>) -> Result<(), StartEr
         (None, true) => Some(PathBuf::from(cli::DEFAULT_PIDFILE)),
         (None, false) => None,
     };
-    let _pidfile = match &pidfile_path {
+    // Removed again if start-up fails: no pid file may name a process that never served.
+    let mut pidfile = PidfileGuard(match &pidfile_path {
         Some(p) => Some(pidfile::write(p)?),
         None => None,
-    };
+    });
 
     let (listener, created) = match activated {
         Some(l) => (l, None),
@@ -254,10 +261,12 @@ fn start(args: &Args, ready_pipe: &mut Option<UnixStream>) -> Result<(), StartEr
         Some(m) => Box::new(m),
         None => Box::new(plain),
     };
+    // Containment (dev::contain) reads dm maps' sysfs attributes in every mode:
+    // /sys/dev/block/MAJ:MIN links resolve beneath /sys/devices.
     let readable: &[&std::path::Path] = if extra.multipath {
         &[std::path::Path::new("/dev"), std::path::Path::new("/sys")]
     } else {
-        &[]
+        &[std::path::Path::new("/sys/devices")]
     };
     let cfg = server::Config {
         max_threads: args.max_threads as usize,
@@ -296,6 +305,8 @@ fn start(args: &Args, ready_pipe: &mut Option<UnixStream>) -> Result<(), StartEr
     server
         .spawn_workers()
         .map_err(io_err("cannot start worker threads"))?;
+    // Serving: the pid file (and its lock) stays for the process's life.
+    let _pidfile = pidfile.0.take();
 
     let abandoned = server.wait();
     if abandoned > 0 {
@@ -324,6 +335,17 @@ impl Drop for SocketGuard {
     fn drop(&mut self) {
         if let Some(c) = &self.0 {
             c.remove();
+        }
+    }
+}
+
+/// Removes the pid file if start-up fails after writing it.
+struct PidfileGuard(Option<pidfile::Pidfile>);
+
+impl Drop for PidfileGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            p.remove();
         }
     }
 }

@@ -28,7 +28,22 @@ pub enum PidfileError {
 /// A locked pid file. Keep it alive as long as the process runs.
 #[derive(Debug)]
 pub struct Pidfile {
-    _file: File,
+    file: File,
+    path: PathBuf,
+}
+
+impl Pidfile {
+    /// Remove the file (a failed start must not leave a pid file naming a dead process),
+    /// if the path still names the file this process locked. The lock goes with it.
+    pub fn remove(self) {
+        let ours = match (self.file.metadata(), std::fs::metadata(&self.path)) {
+            (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+            _ => false,
+        };
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 pub fn write(path: &Path) -> Result<Pidfile, PidfileError> {
@@ -69,7 +84,10 @@ pub fn write(path: &Path) -> Result<Pidfile, PidfileError> {
         (&file)
             .write_all(format!("{}\n", std::process::id()).as_bytes())
             .map_err(write_err)?;
-        return Ok(Pidfile { _file: file });
+        return Ok(Pidfile {
+            file,
+            path: path.to_owned(),
+        });
     }
 }
 
@@ -94,5 +112,18 @@ mod tests {
             std::fs::metadata(&q).unwrap().permissions().mode() & 0o777,
             0o600
         );
+        _pf2.remove();
+        assert!(!q.exists());
+    }
+
+    #[test]
+    fn remove_leaves_a_replaced_file_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.pid");
+        let pf = write(&p).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        std::fs::write(&p, "123\n").unwrap();
+        pf.remove();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "123\n");
     }
 }

@@ -2,9 +2,11 @@
 //! and the seccomp filter from [`super::seccomp`].
 //!
 //! After start-up the daemon touches the filesystem only to remove its socket file on
-//! stop; devices arrive as fds. Landlock therefore grants nothing but file removal in the
-//! socket's directory, plus, with `--multipath`, reading beneath /dev and /sys (a map's
-//! path devices are opened read-only by device number, and found through sysfs).
+//! stop and to read sysfs; devices arrive as fds. Landlock therefore grants file removal
+//! in the socket's directory, reading beneath /sys/devices (the containment check reads
+//! a dm map's size and held devices there: `/sys/dev/block/MAJ:MIN` links resolve beneath
+//! it), and, with `--multipath`, reading beneath /dev and /sys instead (a map's path
+//! devices are opened read-only by device number, and found through sysfs).
 //! Connecting to multipathd's pathname socket (`/run/multipathd.socket`, possibly a
 //! symlink to a bind-mounted socket) is not a filesystem access the handled Landlock
 //! rights (ABI V3) cover, so it keeps working in the sandbox; the lab's

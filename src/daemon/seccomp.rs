@@ -6,8 +6,10 @@
 //! first time an exiting thread's heap could shrink, and copes with failure. So `open`
 //! and `openat` fail with EACCES instead of killing the process (a second, stacked
 //! filter; the kernel applies the stricter answer), and Landlock denies them anyway.
-//! With `--multipath`, read-only opens pass (a map's path devices are opened by number;
-//! Landlock allows reading only beneath /dev and /sys) and writing opens still fail.
+//! Read-only opens pass (the containment check reads a dm map's size and `slaves/` in
+//! sysfs; with `--multipath`, a map's path devices are opened by number): Landlock allows
+//! reading only beneath /sys/devices (with `--multipath`, /dev and /sys), and opens that
+//! would write or create still fail.
 //!
 //! Built for x86_64 and aarch64 (seccompiler's architectures, minus riscv64 which is
 //! untested); elsewhere the daemon runs without a filter and says so.
@@ -69,10 +71,6 @@ fn multipath_plain() -> Vec<(i64, &'static str)> {
     let mut v = vec![
         (SYS_setsockopt, "multipathd reply timeout"),
         (SYS_readlinkat, "sysfs: a path's kernel name and SCSI host"),
-        (
-            SYS_getdents64,
-            "sysfs: a map's slaves/ without the dm control node",
-        ),
         (SYS_lseek, "reading sysfs attributes"),
     ];
     #[cfg(target_arch = "x86_64")]
@@ -132,6 +130,13 @@ fn plain() -> Vec<(i64, &'static str)> {
             "device fds after each command, closed connections",
         ),
         (SYS_fcntl, "F_GETFL: refusing PR OUT on read-only fds"),
+        // Containment (dev::contain): whether the fd's device is a partition or a dm map
+        // over part of a device, from sysfs. Stats need no Landlock right; a dm map's
+        // size and slaves/ are read (read-only opens, below; Landlock: /sys/devices).
+        (
+            SYS_getdents64,
+            "sysfs: a dm map's slaves/ (containment; multipath without the control node)",
+        ),
         // Files: the socket file is removed on stop; device numbers for debug logs.
         (SYS_fstat, "device number of the passed fd (debug log)"),
         (
@@ -275,27 +280,25 @@ pub fn build(mode: Mode, extra: &Extra) -> Result<Option<Filters>, String> {
         let filter =
             SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch()).map_err(err)?;
         let allow = BpfProgram::try_from(filter).map_err(err)?;
-        // Without multipath every open is refused; with it, only those that would write
-        // or create (Landlock limits the readable ones to /dev and /sys).
+        // Opens that would write or create are refused. Read-only opens pass: the
+        // containment check reads a dm map's sysfs attributes in every mode, and
+        // multipath opens path devices; Landlock limits them to /sys/devices (and, with
+        // multipath, /dev and /sys).
         let mut refuse: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
         for (nr, arg) in opens() {
-            let conds = if extra.multipath {
-                WRITE_FLAGS
-                    .iter()
-                    .map(|&bit| {
-                        SeccompRule::new(vec![SeccompCondition::new(
-                            arg,
-                            SeccompCmpArgLen::Dword,
-                            SeccompCmpOp::MaskedEq(bit),
-                            bit,
-                        )
-                        .map_err(err)?])
-                        .map_err(err)
-                    })
-                    .collect::<Result<Vec<_>, _>>()?
-            } else {
-                vec![]
-            };
+            let conds = WRITE_FLAGS
+                .iter()
+                .map(|&bit| {
+                    SeccompRule::new(vec![SeccompCondition::new(
+                        arg,
+                        SeccompCmpArgLen::Dword,
+                        SeccompCmpOp::MaskedEq(bit),
+                        bit,
+                    )
+                    .map_err(err)?])
+                    .map_err(err)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             refuse.insert(nr, conds);
         }
         let refuse = SeccompFilter::new(

@@ -942,7 +942,14 @@ fn execute(
     let start = tracing::enabled!(tracing::Level::DEBUG).then(Instant::now);
     slot.busy_since
         .store(shared.tick.load(Ordering::Relaxed), Ordering::Release);
-    let outcome = handler::execute(shared.backend.as_ref(), &req, data);
+    let peer = || {
+        s.peer.map(|p| (p.pid, p.uid)).or_else(|| {
+            getsockopt(&s.stream, PeerCredentials)
+                .ok()
+                .map(|c| (c.pid(), c.uid()))
+        })
+    };
+    let outcome = handler::execute(shared.backend.as_ref(), &req, data, &peer);
     slot.busy_since.store(0, Ordering::Release);
     let reply = match &req.kind {
         RequestKind::PrIn { alloc } => {

@@ -2,6 +2,7 @@
 //!
 //! The daemon talks to a [`Backend`]; [`SgIo`] sends the CDB with SG_IO. Tests use fakes.
 
+pub mod contain;
 pub mod mpath;
 
 use std::os::fd::BorrowedFd;

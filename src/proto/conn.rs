@@ -364,6 +364,23 @@ mod tests {
         cdb[6] = 0xff;
         assert!(c.feed(&cdb, vec![1]).unwrap().is_none());
         assert_eq!(c.want(), 4);
+        // Exactly the framed bytes are consumed, one at a time if they come so; the
+        // request keeps its CDB, so the handler answers PARAMETER LIST LENGTH ERROR
+        // (`scsi::cdb::pr_out_length_mismatch`) without the device seeing it.
+        for i in 0..3 {
+            assert!(c.feed(&[i], vec![]).unwrap().is_none());
+            assert_eq!(c.want(), 3 - usize::from(i));
+        }
+        let req = c.feed(&[3], vec![]).unwrap().unwrap();
+        assert_eq!(
+            req.kind,
+            RequestKind::PrOut {
+                params: vec![0, 1, 2, 3]
+            }
+        );
+        assert!(crate::scsi::cdb::pr_out_length_mismatch(&req.cdb));
+        assert!(c.is_idle());
+        assert_eq!(c.want(), 16);
     }
 
     #[test]

@@ -156,6 +156,22 @@ pub fn pr_out(action: PrOutAction, scope: u8, pr_type: u8, parameter_list_length
     cdb
 }
 
+/// PR OUT's PARAMETER LIST LENGTH as SPC-4 defines it: four bytes, CDB bytes 5..9.
+///
+/// The pr-helper protocol (and QEMU, which frames the data) uses only the low 16 bits
+/// (bytes 7..9): a CDB whose full length differs from those bits promises data the
+/// client never sends, and must not reach a device (see [`pr_out_length_mismatch`]).
+pub fn pr_out_parameter_list_length(cdb: &[u8; 16]) -> u32 {
+    u32::from_be_bytes([cdb[5], cdb[6], cdb[7], cdb[8]])
+}
+
+/// True when a PR OUT CDB's four-byte PARAMETER LIST LENGTH is not the 16-bit length the
+/// protocol framed its parameter list by (bytes 5 or 6 not zero): the command is
+/// answered ILLEGAL REQUEST, PARAMETER LIST LENGTH ERROR, after its data was consumed.
+pub fn pr_out_length_mismatch(cdb: &[u8; 16]) -> bool {
+    cdb[0] == PERSISTENT_RESERVE_OUT && (cdb[5] | cdb[6]) != 0
+}
+
 /// The fields of a PR IN/OUT CDB that the helper logs and routes on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CdbSummary {
@@ -198,6 +214,30 @@ impl CdbSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pr_out_length_is_four_bytes() {
+        let mut cdb = [0u8; 16];
+        cdb[..10].copy_from_slice(&pr_out(PrOutAction::Register, 0, 0, 24));
+        assert_eq!(pr_out_parameter_list_length(&cdb), 24);
+        assert!(!pr_out_length_mismatch(&cdb));
+        for (byte, len) in [(5, 0x0100_0018u32), (6, 0x0001_0018)] {
+            let mut c = cdb;
+            c[byte] = 1;
+            assert_eq!(pr_out_parameter_list_length(&c), len);
+            assert!(pr_out_length_mismatch(&c), "byte {byte}");
+        }
+        // 8192 and 0 fit the protocol's framing; bytes 9.. are not part of the length.
+        let mut c = [0u8; 16];
+        c[..10].copy_from_slice(&pr_out(PrOutAction::Clear, 0, 0, 8192));
+        c[9] = 0xff;
+        assert!(!pr_out_length_mismatch(&c));
+        // PR IN's allocation length is two bytes: bytes 5 and 6 are reserved, not looked at.
+        let mut c = [0u8; 16];
+        c[0] = PERSISTENT_RESERVE_IN;
+        c[5] = 1;
+        assert!(!pr_out_length_mismatch(&c));
+    }
 
     #[test]
     fn pr_in_cdb_bytes() {

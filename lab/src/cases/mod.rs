@@ -6,6 +6,7 @@ pub mod abuse;
 pub mod capture;
 pub mod client_actions;
 pub mod cluster;
+pub mod containment;
 pub mod crash;
 pub mod differential;
 pub mod full_status;

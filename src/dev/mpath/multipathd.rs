@@ -95,17 +95,17 @@ fn addresses(env: Option<&str>) -> Vec<Addr> {
     }
 }
 
-/// Connect to the first address that accepts; the error names every failure.
+/// Connect to the first address that accepts. With one address its error is returned as
+/// is (errno kept: the connector passes it back); with several, one error naming every
+/// failure, of the last one's kind.
 fn connect_any(addrs: &[Addr]) -> io::Result<OwnedFd> {
     let mut failures = Vec::new();
     let mut last_kind = io::ErrorKind::NotFound;
+    if let [only] = addrs {
+        return connect_one(only);
+    }
     for a in addrs {
-        let r = match a {
-            Addr::Path(p) => UnixAddr::new(p.as_str()).map_err(io::Error::from),
-            Addr::Abstract(n) => UnixAddr::new_abstract(n.as_bytes()).map_err(io::Error::from),
-        }
-        .and_then(|addr| connect_addr(&addr));
-        match r {
+        match connect_one(a) {
             Ok(s) => return Ok(s),
             Err(e) => {
                 last_kind = e.kind();
@@ -114,6 +114,26 @@ fn connect_any(addrs: &[Addr]) -> io::Result<OwnedFd> {
         }
     }
     Err(io::Error::new(last_kind, failures.join("; ")))
+}
+
+fn connect_one(a: &Addr) -> io::Result<OwnedFd> {
+    match a {
+        Addr::Path(p) => UnixAddr::new(p.as_str()).map_err(io::Error::from),
+        Addr::Abstract(n) => UnixAddr::new_abstract(n.as_bytes()).map_err(io::Error::from),
+    }
+    .and_then(|addr| connect_addr(&addr))
+}
+
+/// The errno for `e`: its own, or one matching its kind (an error that names several
+/// addresses has none of its own).
+pub fn errno_of(e: &io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(match e.kind() {
+        io::ErrorKind::ConnectionRefused => libc::ECONNREFUSED,
+        io::ErrorKind::NotFound => libc::ENOENT,
+        io::ErrorKind::PermissionDenied => libc::EACCES,
+        io::ErrorKind::WouldBlock => libc::EAGAIN,
+        _ => libc::EIO,
+    })
 }
 
 /// Connect to multipathd from this process: `MULTIPATH_SOCKET_NAME` if set (a path, or
