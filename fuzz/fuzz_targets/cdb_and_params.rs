@@ -79,10 +79,10 @@ fn display_round_trips(t: &TransportId) -> bool {
 }
 
 /// Longest raw TransportID whose `Display` form is round-tripped. The formatting and parsing
-/// are the same loop for any length past 24 bytes; a whole 4 KiB input as one raw
-/// TransportID would cost a 12 KiB string and its parse on every input for no new
-/// coverage.
-const MAX_DISPLAYED_RAW: usize = 256;
+/// are the same loop for any length past 24 bytes (the length of every non-iSCSI
+/// TransportID); the whole input as one raw TransportID would cost a string three times
+/// its size and its parse on every input for no new coverage.
+const MAX_DISPLAYED_RAW: usize = 64;
 
 fn check_tid_value(t: &TransportId) {
     let _ = t.protocol();
@@ -239,10 +239,10 @@ fn check_structured(u: &mut Unstructured) -> arbitrary::Result<()> {
     Ok(())
 }
 
-/// Bytes after each split point that mode 3 decodes: two 24-byte TransportIDs and the start
-/// of a third (whole iSCSI ones, up to 244 bytes, are decoded and described from offset 0
-/// on every input).
-const SPLIT_WINDOW: usize = 64;
+/// Bytes after each split point that mode 3 decodes: two 24-byte TransportIDs (whole
+/// iSCSI ones, up to 244 bytes, are decoded and described from offset 0 on every input;
+/// a TransportID cut short is the end of every window that does not fall on the grid).
+const SPLIT_WINDOW: usize = 2 * prout::TID_LEN;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
