@@ -316,25 +316,41 @@ fn is_hex_byte_list(s: &str) -> bool {
 /// space after the 8th, each line prefixed by `leadin`.
 pub fn hex_lines(out: &mut String, leadin: &str, b: &[u8]) {
     for chunk in b.chunks(16) {
+        out.reserve(leadin.len() + 3 * 16 + 2);
         out.push_str(leadin);
-        for (i, x) in chunk.iter().enumerate() {
-            if i == 8 {
-                out.push(' ');
-            }
-            if i > 0 {
-                out.push(' ');
-            }
-            let _ = write!(out, "{x:02x}");
+        for (i, &x) in chunk.iter().enumerate() {
+            out.push_str(match i {
+                0 => "",
+                8 => "  ",
+                _ => " ",
+            });
+            out.push_str(hex_byte(x));
         }
         out.push('\n');
     }
+}
+
+/// `x` as two lowercase hex digits (what `{x:02x}` gives, without the formatting machinery:
+/// TransportIDs and sense are printed byte by byte).
+fn hex_byte(x: u8) -> &'static str {
+    const DIGITS: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\
+        202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f\
+        404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f\
+        606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f\
+        808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f\
+        a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf\
+        c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf\
+        e0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
+    let i = 2 * usize::from(x);
+    &DIGITS[i..i + 2]
 }
 
 /// Describe one or more TransportIDs the way sg_persist prints them (sg3_utils'
 /// `sg_decode_transportid_str`), every line prefixed by `leadin`. Works on raw bytes and
 /// never panics.
 pub fn describe(leadin: &str, bytes: &[u8]) -> String {
-    let mut out = String::new();
+    // About two lines per TransportID; hex dumps take three characters a byte.
+    let mut out = String::with_capacity(4 * bytes.len() + 2 * leadin.len() + 64);
     let mut off = 0;
     while off < bytes.len() {
         let b = &bytes[off..];
@@ -475,11 +491,11 @@ impl std::fmt::Display for TransportId {
             TransportId::Sas { address } => write!(f, "sas,{address:016x}"),
             TransportId::Iscsi { name } | TransportId::IscsiPort { name } => f.write_str(name),
             TransportId::Raw(b) => {
-                for (i, x) in b.iter().enumerate() {
+                for (i, &x) in b.iter().enumerate() {
                     if i > 0 {
                         f.write_str(",")?;
                     }
-                    write!(f, "{x:02x}")?;
+                    f.write_str(hex_byte(x))?;
                 }
                 Ok(())
             }
@@ -910,6 +926,15 @@ mod tests {
         for first in 0..=255u8 {
             let _ = describe("", &[first, 0, 0, 8, 0, 0]);
         }
+    }
+
+    #[test]
+    fn hex_byte_is_02x() {
+        for x in 0..=255u8 {
+            assert_eq!(hex_byte(x), format!("{x:02x}"));
+        }
+        let raw = TransportId::Raw(vec![0x00, 0x0f, 0xa5, 0xff]);
+        assert_eq!(raw.to_string(), "00,0f,a5,ff");
     }
 
     #[test]
