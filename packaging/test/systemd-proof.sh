@@ -15,7 +15,12 @@ pkgdir=${1:?usage: systemd-proof.sh PKGDIR}
 SOCK=/run/qemu-pr-helper.sock
 t0=$(date +%s.%N)
 
-fail() { echo "FAIL: $*"; exit 1; }
+fail() {
+    echo "FAIL: $*"
+    systemctl status --no-pager prhelper.socket prhelper.service 2>&1 | tail -20 || true
+    journalctl -b --no-pager -u prhelper.socket -u prhelper.service 2>&1 | tail -30 || true
+    exit 1
+}
 ok() { printf 'ok %5.1fs  %s\n' "$(echo "$(date +%s.%N) - $t0" | bc)" "$*"; }
 # Poll until a command succeeds (a wait, not a timed assertion: the bound is generous).
 wait_for() {
@@ -74,7 +79,7 @@ score=$(systemd-analyze security prhelper.service 2>&1 | tail -1)
 ok "live $score"
 
 # --- first connection activates; PR commands on the LUN through it
-prhelper-client -k "$SOCK" --out --register -S abc "$disk" || fail "REGISTER through the socket"
+prhelper-client --timeout 300 -k "$SOCK" --out --register -S abc "$disk" || fail "REGISTER through the socket"
 [[ $(systemctl is-active prhelper.service) == active ]] || fail "service not active after the first connection"
 pid=$(prop prhelper.service MainPID)
 cmdline=$(tr '\0' ' ' </proc/"$pid"/cmdline)
@@ -82,8 +87,8 @@ cmdline=$(tr '\0' ' ' </proc/"$pid"/cmdline)
 journalctl -b -u prhelper.service -o cat | grep -q "listening on socket-activated socket" ||
     fail "the daemon did not use the socket systemd passed"
 ok "first connection started prhelper (pid $pid, '$cmdline', socket from systemd)"
-prhelper-client -k "$SOCK" --out --reserve -K abc -T 1 "$disk" || fail "RESERVE"
-keys=$(prhelper-client -k "$SOCK" "$disk")
+prhelper-client --timeout 300 -k "$SOCK" --out --reserve -K abc -T 1 "$disk" || fail "RESERVE"
+keys=$(prhelper-client --timeout 300 -k "$SOCK" "$disk")
 [[ $keys == *0xabc* ]] || fail "READ KEYS through prhelper: $keys"
 lio=$(sg_persist --in --read-reservation "$disk")
 [[ $lio == *"Key=0xabc"* && $lio == *"Write Exclusive"* ]] || fail "LIO's view: $lio"
@@ -114,7 +119,7 @@ systemctl stop prhelper.service
 ok "systemctl stop: exited with status 0; $SOCK kept, socket unit active"
 
 # --- kill -9: restarted; clients connecting meanwhile wait in the backlog
-prhelper-client -k "$SOCK" "$disk" >/dev/null || fail "re-activation"
+prhelper-client --timeout 300 -k "$SOCK" "$disk" >/dev/null || fail "re-activation"
 old=$(prop prhelper.service MainPID)
 restarts=$(prop prhelper.service NRestarts)
 kill -9 "$old"
@@ -122,7 +127,7 @@ wait_for "pid $old to die" bash -c "! grep -qs '^State:.*[RSD]' /proc/$old/statu
 wait_for "systemd to notice" bash -c "[[ \$(systemctl show -p SubState --value prhelper.service) == auto-restart ]]"
 clients=()
 for i in $(seq 20); do
-    prhelper-client -k "$SOCK" "$disk" >/tmp/client-$i.out 2>&1 &
+    prhelper-client --timeout 300 -k "$SOCK" "$disk" >/tmp/client-$i.out 2>&1 &
     clients+=($!)
 done
 state=$(prop prhelper.service SubState)
