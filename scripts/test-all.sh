@@ -22,6 +22,10 @@ cargo test --workspace
 step "lab (VM with LIO; real QEMU as client)"
 lab/run
 
+step "packages: build, inspect, prove under systemd as PID 1 (lab VM)"
+scripts/build-packages
+packaging/test/run
+
 if [[ -d bench ]]; then
     step "benchmark, smoke mode"
     cargo run --release -p prhelper-bench -- --smoke
