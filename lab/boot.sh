@@ -3,14 +3,15 @@
 #
 # Boot the lab VM and run one command inside it.
 #
-#   lab/boot.sh [--timeout SECS] [--log FILE] [--quiet] [--full-log] [--env NAME]... -- CMD [ARGS...]
+#   lab/boot.sh [--timeout SECS] [--log FILE] [--quiet] [--full-log] [--env NAME]... [--systemd] -- CMD [ARGS...]
 #
 # The guest is chrooted into the host's root (read-only over virtio-9p) with
 # fresh /proc, /sys, /dev, configfs and tmpfs /tmp and /run. CMD runs as root
 # with the caller's working directory (when inside the shared root), PATH and
 # the variables named by --env plus RUST_*, PRHELPER_* and LAB_* ones.
 # boot.sh exits with CMD's exit status; 124 on timeout; 125 when the VM died
-# without reporting one. The console is streamed to stdout (unless --quiet)
+# without reporting one. --systemd: the root is a writable overlay (in RAM) over the
+# host's and systemd runs as PID 1, CMD as a service (lab/init, lab.systemd=1). The console is streamed to stdout (unless --quiet)
 # and saved to FILE (default target/lab/last-console.log); on failure its tail
 # (the whole log with --full-log) is printed to stderr.
 set -euo pipefail
@@ -24,6 +25,7 @@ logfile=$OUT/last-console.log
 quiet=0
 full_log=0
 extra_env=()
+systemd_args=
 usage() {
     sed -n '4,16s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
     exit 2
@@ -35,6 +37,7 @@ while (($#)); do
     --quiet) quiet=1; shift ;;
     --full-log) full_log=1; shift ;;
     --env) extra_env+=("$2"); shift 2 ;;
+    --systemd) systemd_args="lab.systemd=1 systemd.unit=lab.target systemd.show_status=error"; shift ;;
     --) shift; break ;;
     -h | --help) usage ;;
     *) echo "boot.sh: unknown option $1" >&2; usage ;;
@@ -80,7 +83,7 @@ qemu=(
     qemu-system-x86_64 -accel tcg -cpu max -m 2048 -smp 2
     -nodefaults -display none -serial stdio -no-reboot
     -kernel "$kernel" -initrd "$OUT/initrd.img"
-    -append "console=ttyS0 ${LAB_KERNEL_ARGS:-$fast_args} panic=-1 lab.cmd=$script lab.id=$id lab.root=$ROOT"
+    -append "console=ttyS0 ${LAB_KERNEL_ARGS:-$fast_args} panic=-1 $systemd_args lab.cmd=$script lab.id=$id lab.root=$ROOT"
     -fsdev local,id=h,path=/,security_model=none,readonly=on,multidevs=remap
     -device virtio-9p-pci,fsdev=h,mount_tag=host
 )

@@ -27,6 +27,10 @@ packaging/oci/build
 step "lab (VM with LIO; real QEMU as client)"
 lab/run
 
+step "packages: build, inspect, prove under systemd as PID 1 (lab VM)"
+scripts/build-packages
+packaging/test/run
+
 if [[ -d bench ]]; then
     step "benchmark, smoke mode"
     cargo run --release -p prhelper-bench -- --smoke

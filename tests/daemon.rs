@@ -458,14 +458,14 @@ fn debug_log_has_one_line_per_command() {
         .find(|l| l.contains("command"))
         .unwrap_or_else(|| panic!("{log}"));
     for field in [
-        "pid=",
-        "uid=0",
-        "dev=1:3",
+        "peer_pid=",
+        "peer_uid=0",
+        "device=1:3",
         "opcode=0x5e",
         "sa=0x00",
         "pr_type=0",
         "status=0x02",
-        "us=",
+        "duration_us=",
     ] {
         assert!(line.contains(field), "{field} missing in {line}");
     }

@@ -18,6 +18,7 @@
 //! unusable (a reply may be half read), and every later call fails with
 //! [`Error::Broken`] until [`Client::reconnect`].
 
+pub mod cli;
 pub mod raw;
 
 use std::io;

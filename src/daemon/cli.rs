@@ -98,6 +98,11 @@ pub enum MultipathMode {
     Off,
 }
 
+/// The clap command `prhelper` parses (for the man page and shell completions).
+pub fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
+}
+
 impl Args {
     /// Checks clap cannot express.
     pub fn validate(&self) -> Result<(), String> {

@@ -1,6 +1,10 @@
 //! Logging: stderr in the foreground; journald (or syslog when there is no journald) once
 //! daemonized, since stderr is then /dev/null. Writes that fail (libvirt closes our stderr
 //! pipe once the socket exists) are ignored, never fatal.
+//!
+//! When stderr is the journal (a systemd service: `JOURNAL_STREAM` names stderr's device
+//! and inode), events go to journald natively instead, so that their fields are journal
+//! fields (`PRHELPER_PEER_PID`, `PRHELPER_ACTION`, ...) that `journalctl` can filter on.
 
 use std::io::{self, Write};
 use std::os::unix::net::UnixDatagram;
@@ -50,16 +54,44 @@ pub fn filter(verbose: u8, quiet: bool, traces: &[String]) -> (EnvFilter, Vec<St
     (f, ignored)
 }
 
+/// Prefix of our fields in the journal: `peer_pid` becomes `PRHELPER_PEER_PID`.
+pub const JOURNAL_FIELD_PREFIX: &str = "PRHELPER";
+
+/// Whether `JOURNAL_STREAM` ("DEVICE:INODE", set by systemd) names the file stderr is.
+fn journal_stream_matches(var: &str, dev: u64, ino: u64) -> bool {
+    let Some((d, i)) = var.split_once(':') else {
+        return false;
+    };
+    d.parse() == Ok(dev) && i.parse() == Ok(ino)
+}
+
+/// stderr is connected to the journal (systemd's `StandardError=journal`).
+fn stderr_is_journal() -> bool {
+    let Ok(var) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    match nix::sys::stat::fstat(2) {
+        Ok(st) => journal_stream_matches(&var, st.st_dev, st.st_ino),
+        Err(_) => false,
+    }
+}
+
 /// Install the global logger. `background`: journald/syslog instead of stderr (when
-/// neither is there, stderr after all). Returns true when logs go to stderr.
+/// neither is there, stderr after all). The journal is also used, natively, when stderr
+/// is the journal. Returns true when logs go to stderr.
 pub fn init(filter: EnvFilter, background: bool) -> bool {
-    if background {
+    if background || stderr_is_journal() {
         if let Ok(journald) = tracing_journald::layer() {
+            let journald = journald
+                .with_field_prefix(Some(JOURNAL_FIELD_PREFIX.into()))
+                .with_syslog_identifier("prhelper".into());
             let _ = tracing_subscriber::registry()
                 .with(journald.with_filter(filter))
                 .try_init();
             return false;
         }
+    }
+    if background {
         if let Some(syslog) = Syslog::connect() {
             let layer = tracing_subscriber::fmt::layer()
                 .with_ansi(false)
@@ -153,6 +185,16 @@ impl<'a> MakeWriter<'a> for Syslog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn journal_stream_forms() {
+        assert!(journal_stream_matches("8:1234", 8, 1234));
+        assert!(!journal_stream_matches("8:1234", 8, 1235));
+        assert!(!journal_stream_matches("9:1234", 8, 1234));
+        for bad in ["", "8", "8:", ":1234", "x:y", "8:1234:5"] {
+            assert!(!journal_stream_matches(bad, 8, 1234), "{bad:?}");
+        }
+    }
 
     #[test]
     fn verbosity_levels() {

@@ -1028,17 +1028,19 @@ fn log_command(s: &Session, req: &Request<OwnedFd>, reply: &Reply<'_>, took: Dur
         })
         .unwrap_or_else(|_| "?".into());
     let (pid, uid) = s.peer.map_or((-1, u32::MAX), |p| (p.pid, p.uid));
+    // Field names are also journal fields (PRHELPER_PEER_PID, ...): see logging.rs and
+    // prhelper(8), LOGGING.
     debug!(
-        pid,
-        uid,
-        dev = %dev,
+        peer_pid = pid,
+        peer_uid = uid,
+        device = %dev,
         opcode = format_args!("{:#04x}", c.opcode),
         sa = format_args!("{:#04x}", c.service_action),
         action = c.action_name(),
         pr_type = c.pr_type,
         status = format_args!("{:#04x}", reply.status().0),
         len = reply.payload().len(),
-        us = took.as_micros() as u64,
+        duration_us = took.as_micros() as u64,
         "command"
     );
 }
