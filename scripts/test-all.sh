@@ -19,16 +19,16 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test"
 cargo test --workspace
 
-# The KubeVirt pr-helper image (release build, podman FROM scratch, offline), which
-# the lab's kubevirt_pr_helper case runs.
-step "OCI image (packaging/oci/build)"
-packaging/oci/build
+# Everything shippable into target/pkg/: the .debs and the KubeVirt pr-helper image
+# (release build, podman FROM scratch, offline), which the lab's kubevirt_pr_helper
+# case runs.
+step "packages: scripts/build-packages (.debs, OCI image)"
+scripts/build-packages
 
 step "lab (VM with LIO; real QEMU as client)"
 lab/run
 
-step "packages: build, inspect, prove under systemd as PID 1 (lab VM)"
-scripts/build-packages
+step "packages: inspect, prove under systemd as PID 1 (lab VM)"
 packaging/test/run
 
 if [[ -d bench ]]; then
