@@ -309,12 +309,12 @@ fn non_good_statuses_are_responses_or_scsi_errors() {
         )
         .unwrap();
     assert_eq!(r.status, Status::RESERVATION_CONFLICT);
-    assert_eq!(r.category(), 24);
+    assert_eq!(prhelper::sg3::category(r.status, &r.sense), 24);
     let r = c.pr_in(dev, PrInAction::ReadKeys, 64).unwrap();
     assert_eq!(r.status, Status::CHECK_CONDITION);
     assert_eq!(r.sense_data().unwrap().code, SenseCode::INVALID_FIELD);
     assert!(r.data.is_empty());
-    assert_eq!(r.category(), 5);
+    assert_eq!(prhelper::sg3::category(r.status, &r.sense), 5);
     // Typed helpers turn non-GOOD into Error::Scsi; the connection stays usable.
     let e = c
         .pr_out(dev, PrOutAction::Release, 0, 3, &[0; 24])

@@ -17,8 +17,9 @@
 
 use prhelper::client::raw::RawConn;
 use prhelper::client::Client;
+use prhelper::dev::verdict::host;
 use prhelper::scsi::cdb::{self, PrInAction, PrOutAction};
-use prhelper::scsi::sense::{host, SenseCode};
+use prhelper::scsi::sense::SenseCode;
 use prhelper::scsi::Status;
 use prhelper::sys::sgio::{self, Data};
 use prhelper_lab::helper::Helper;

@@ -26,16 +26,15 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::proto::wire::{pad_cdb, ReplyError, MAX_DATA};
 use crate::scsi::cdb::{self, PrInAction, PrOutAction};
 use crate::scsi::prin::{self, Capabilities, FullStatus, ReadKeys, ReadReservation};
 use crate::scsi::sense::{self, Sense};
 use crate::scsi::{Status, PERSISTENT_RESERVE_IN, PERSISTENT_RESERVE_OUT};
+use crate::wire::{pad_cdb, ReplyError, MAX_DATA};
 
 pub use raw::RawConn;
 
-/// qemu-pr-helper's default socket path.
-pub const DEFAULT_SOCKET: &str = "/var/run/qemu-pr-helper.sock";
+pub use crate::DEFAULT_SOCKET;
 
 /// Where in an exchange something went wrong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,11 +121,6 @@ impl Response {
             .flatten()
     }
 
-    /// The sg3_utils exit status (`SG_LIB_CAT_*`) for this outcome; 0 for GOOD.
-    pub fn category(&self) -> u8 {
-        category(self.status, &self.sense)
-    }
-
     /// `Ok(self)` if GOOD, else [`Error::Scsi`].
     pub fn good(self) -> Result<Response, Error> {
         if self.is_good() {
@@ -137,68 +131,6 @@ impl Response {
                 sense: self.sense,
             })
         }
-    }
-}
-
-/// sg3_utils' `SG_LIB_*` exit statuses, as sg_persist returns them.
-pub mod sg_exit {
-    pub const CLEAN: u8 = 0;
-    pub const SYNTAX_ERROR: u8 = 1;
-    pub const NOT_READY: u8 = 2;
-    pub const MEDIUM_HARD: u8 = 3;
-    pub const ILLEGAL_REQ: u8 = 5;
-    pub const UNIT_ATTENTION: u8 = 6;
-    pub const DATA_PROTECT: u8 = 7;
-    pub const INVALID_OP: u8 = 9;
-    pub const COPY_ABORTED: u8 = 10;
-    pub const ABORTED_COMMAND: u8 = 11;
-    pub const MISCOMPARE: u8 = 14;
-    pub const FILE_ERROR: u8 = 15;
-    pub const NO_SENSE: u8 = 20;
-    pub const RECOVERED: u8 = 21;
-    pub const RES_CONFLICT: u8 = 24;
-    pub const CONDITION_MET: u8 = 25;
-    pub const BUSY: u8 = 26;
-    pub const TS_FULL: u8 = 27;
-    pub const ACA_ACTIVE: u8 = 28;
-    pub const TASK_ABORTED: u8 = 29;
-    pub const PROTECTION: u8 = 40;
-    pub const MALFORMED: u8 = 97;
-    pub const SENSE: u8 = 98;
-    pub const OTHER: u8 = 99;
-}
-
-/// Map a status and sense to sg3_utils' category (`sg_err_category_sense` plus the
-/// status-only categories), which sg_persist uses as its exit status.
-pub fn category(status: Status, sense: &Sense) -> u8 {
-    use sg_exit::*;
-    match status {
-        Status::GOOD => CLEAN,
-        Status::CHECK_CONDITION => match sense::decode(&sense.0) {
-            None => SENSE,
-            Some(d) => match (d.code.key, d.code.asc) {
-                (0x0, _) => NO_SENSE,
-                (0x1, _) => RECOVERED,
-                (0x2, _) => NOT_READY,
-                (0x3 | 0x4 | 0x8, _) => MEDIUM_HARD,
-                (0x5, 0x20) => INVALID_OP,
-                (0x5, _) => ILLEGAL_REQ,
-                (0x6, _) => UNIT_ATTENTION,
-                (0x7, _) => DATA_PROTECT,
-                (0xa, _) => COPY_ABORTED,
-                (0xb, 0x10) => PROTECTION,
-                (0xb, _) => ABORTED_COMMAND,
-                (0xe, _) => MISCOMPARE,
-                _ => SENSE,
-            },
-        },
-        Status::RESERVATION_CONFLICT => RES_CONFLICT,
-        Status::CONDITION_MET => CONDITION_MET,
-        Status::BUSY => BUSY,
-        Status::TASK_SET_FULL => TS_FULL,
-        Status::ACA_ACTIVE => ACA_ACTIVE,
-        Status::TASK_ABORTED => TASK_ABORTED,
-        _ => OTHER,
     }
 }
 
@@ -456,39 +388,6 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scsi::sense::SenseCode;
-
-    #[test]
-    fn categories_match_sg3_utils() {
-        let cc = |key, asc| {
-            category(
-                Status::CHECK_CONDITION,
-                &Sense::fixed(SenseCode { key, asc, ascq: 0 }),
-            )
-        };
-        assert_eq!(cc(0x5, 0x24), 5);
-        assert_eq!(cc(0x5, 0x20), 9);
-        assert_eq!(cc(0x5, 0x26), 5);
-        assert_eq!(cc(0x6, 0x29), 6);
-        assert_eq!(cc(0x2, 0x04), 2);
-        assert_eq!(cc(0x3, 0x11), 3);
-        assert_eq!(cc(0x4, 0x44), 3);
-        assert_eq!(cc(0x8, 0), 3);
-        assert_eq!(cc(0xb, 0x10), 40);
-        assert_eq!(cc(0xb, 0x08), 11);
-        assert_eq!(cc(0x9, 0), 98);
-        assert_eq!(cc(0xd, 0), 98);
-        assert_eq!(cc(0x0, 0), 20);
-        assert_eq!(category(Status::CHECK_CONDITION, &Sense::default()), 98);
-        assert_eq!(category(Status::GOOD, &Sense::default()), 0);
-        assert_eq!(
-            category(Status::RESERVATION_CONFLICT, &Sense::default()),
-            24
-        );
-        assert_eq!(category(Status::BUSY, &Sense::default()), 26);
-        assert_eq!(category(Status::TASK_SET_FULL, &Sense::default()), 27);
-        assert_eq!(category(Status(0x22), &Sense::default()), 99);
-    }
 
     #[test]
     fn request_validation_sends_nothing() {

@@ -5,6 +5,7 @@ pub mod cdb;
 pub mod prin;
 pub mod prout;
 pub mod sense;
+pub mod transport_id;
 
 /// SCSI status byte (SAM-5).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -57,3 +58,15 @@ pub const PERSISTENT_RESERVE_IN: u8 = 0x5e;
 pub const PERSISTENT_RESERVE_OUT: u8 = 0x5f;
 /// TEST UNIT READY operation code.
 pub const TEST_UNIT_READY: u8 = 0x00;
+
+/// Big-endian u32 from the first 4 bytes of `b` (callers check the length).
+pub(crate) fn be_u32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// Big-endian u64 from the first 8 bytes of `b` (callers check the length).
+pub(crate) fn be_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(a)
+}

@@ -10,8 +10,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{Error, Phase, Response};
-use crate::proto::wire::{ReplyHeader, REPLY_HEADER_SIZE};
-use crate::sys::fdpass;
+use crate::fdpass;
+use crate::wire::{ReplyHeader, REPLY_HEADER_SIZE};
 
 /// One connection to a helper, with no protocol state of its own.
 #[derive(Debug)]

@@ -9,7 +9,8 @@
 //! The encoders build canonical data: `decode(&x.encode()) == Ok(x)` for every `x` whose
 //! 4-bit fields (scope, type, ALLOW COMMANDS is 3 bits) are in range.
 
-use super::prout::TransportId;
+use super::transport_id::TransportId;
+use super::{be_u32, be_u64};
 
 /// Size of the READ KEYS / READ RESERVATION / READ FULL STATUS header.
 pub const HEADER_LEN: usize = 8;
@@ -25,16 +26,6 @@ pub const FULL_STATUS_DESC_LEN: usize = 24;
 pub enum DecodeError {
     #[error("PR IN data too short: {have} bytes, at least {need} needed")]
     TooShort { need: usize, have: usize },
-}
-
-fn be_u32(b: &[u8]) -> u32 {
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
-}
-
-fn be_u64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_be_bytes(a)
 }
 
 fn need(b: &[u8], n: usize) -> Result<(), DecodeError> {

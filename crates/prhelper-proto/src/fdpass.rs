@@ -1,4 +1,5 @@
 //! Sending and receiving bytes with file descriptors attached (SCM_RIGHTS).
+#![allow(unsafe_code)] // The one module of this crate that calls recvmsg/sendmsg.
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
