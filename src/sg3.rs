@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-use crate::scsi::cdb::{self, PrInAction, PrOutAction};
+use crate::scsi::cdb::{PrInAction, PrOutAction, PrType};
 use crate::scsi::prin::{self, Capabilities, FullStatus, ReadKeys, ReadReservation};
 use crate::scsi::sense::{self, Sense};
 use crate::scsi::transport_id::{proto_id, TID_LEN};
@@ -242,10 +242,10 @@ pub fn hex_dump(out: &mut String, b: &[u8], with_offsets: bool) {
 
 /// sg_persist's names for the 16 type codes.
 pub fn type_name(code: u8) -> String {
-    match code {
-        0 | 2 | 4 => format!("obsolete [{code}]"),
-        1 | 3 | 5..=8 => cdb::pr_type_name(code).to_owned(),
-        _ => format!("obsolete [{code:#x}]"),
+    match PrType::from_code(code) {
+        Some(t) => t.name().to_owned(),
+        None if code < 8 => format!("obsolete [{code}]"),
+        None => format!("obsolete [{code:#x}]"),
     }
 }
 

@@ -57,10 +57,12 @@ impl FdPair {
         }
     }
 
+    /// How many fds arrived (0, 1 or 2).
     pub fn len(&self) -> usize {
         self.0.iter().flatten().count()
     }
 
+    /// Whether no fd arrived.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -24,37 +24,41 @@
 //! use std::os::fd::AsFd;
 //! use std::time::Duration;
 //!
-//! use prhelper_proto::client::{Client, Timeouts};
+//! use prhelper_proto::client::Client;
 //! use prhelper_proto::scsi::cdb::{PrOutAction, PrType};
 //! use prhelper_proto::scsi::prout::BasicParams;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let disk = std::fs::OpenOptions::new().read(true).write(true).open("/dev/sdb")?;
-//! let timeouts = Timeouts { read: Some(Duration::from_secs(60)), write: Some(Duration::from_secs(5)) };
-//! let mut helper = Client::connect_with(prhelper_proto::DEFAULT_SOCKET, timeouts)?;
+//! // Timeouts are options: QEMU waits forever, a VMM may prefer not to.
+//! let (read, write) = (Some(Duration::from_secs(60)), Some(Duration::from_secs(5)));
+//! let mut helper = Client::connect_with_timeouts(prhelper_proto::DEFAULT_SOCKET, read, write)?;
 //!
 //! // REGISTER a key, then reserve with it.
 //! let key = 0x1234_abcd;
 //! let register = BasicParams { sa_key: key, ..Default::default() };
-//! helper.pr_out(disk.as_fd(), PrOutAction::Register, None, &register.encode())?.good()?;
+//! helper.pr_out(disk.as_fd(), PrOutAction::Register, None, &register.encode())?;
 //! let reserve = BasicParams { key, ..Default::default() };
-//! helper
-//!     .pr_out(disk.as_fd(), PrOutAction::Reserve, Some(PrType::WriteExclusiveRegistrantsOnly), &reserve.encode())?
-//!     .good()?;
+//! let wr_ex_ro = Some(PrType::WriteExclusiveRegistrantsOnly);
+//! helper.pr_out(disk.as_fd(), PrOutAction::Reserve, wr_ex_ro, &reserve.encode())?;
 //!
 //! let keys = helper.read_keys(disk.as_fd())?;
 //! println!("generation {}, keys {:x?}", keys.generation, keys.keys);
 //! # Ok(()) }
 //! ```
 
-#![warn(missing_docs)]
-#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(missing_docs)]
 
 pub mod client;
 pub mod conn;
 pub mod fdpass;
 pub mod scsi;
 pub mod wire;
+
+// The README's example is compiled as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 /// The helper's socket when none is named: `qemu-pr-helper`'s default, which QEMU
 /// command lines and libvirt set-ups use.

@@ -111,8 +111,7 @@ fn run(helper: &Helper, healthy: &SharedLun, victim: SharedLun, scratch: &Path) 
         .pr_out(
             h_fd.as_fd(),
             PrOutAction::Register,
-            0,
-            0,
+            None,
             &keys(0, HEALTHY_KEY).encode(),
         )
         .map_err(|e| format!("REGISTER on the healthy LUN: {e}"))?;

@@ -5,7 +5,7 @@
 //! use std::os::fd::AsFd;
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let disk = std::fs::File::open("/dev/sdb")?;
-//! let mut c = prhelper::client::Client::connect(prhelper::client::DEFAULT_SOCKET)?;
+//! let mut c = prhelper_proto::client::Client::connect(prhelper_proto::DEFAULT_SOCKET)?;
 //! let keys = c.read_keys(disk.as_fd())?;
 //! println!("generation {}, keys {:x?}", keys.generation, keys.keys);
 //! # Ok(()) }
@@ -26,7 +26,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::scsi::cdb::{self, PrInAction, PrOutAction};
+use crate::scsi::cdb::{self, PrInAction, PrOutAction, PrType};
 use crate::scsi::prin::{self, Capabilities, FullStatus, ReadKeys, ReadReservation};
 use crate::scsi::sense::{self, Sense};
 use crate::scsi::{Status, PERSISTENT_RESERVE_IN, PERSISTENT_RESERVE_OUT};
@@ -62,9 +62,16 @@ impl std::fmt::Display for Phase {
 
 /// Client errors.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
+    /// The helper's socket could not be connected to.
     #[error("cannot connect to pr-helper socket {}: {source}", path.display())]
-    Connect { path: PathBuf, source: io::Error },
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// What `connect()` returned.
+        source: io::Error,
+    },
     /// The helper closed the connection. It does so, without a reply, when it rejects a
     /// request (bad opcode, no fd or several, transfer over 8192 bytes, unsupported
     /// features) or when it is shutting down.
@@ -74,10 +81,18 @@ pub enum Error {
     /// with a PR OUT or a non-GOOD status). QEMU aborts here; we report it.
     #[error("invalid reply from helper: {0}")]
     InvalidReply(#[from] ReplyError),
+    /// A read or write timeout set with [`Client::connect_with_timeouts`] or
+    /// [`Client::set_timeouts`] expired.
     #[error("timed out {0}")]
     Timeout(Phase),
+    /// Reading from or writing to the socket failed.
     #[error("I/O error {phase}: {source}")]
-    Io { phase: Phase, source: io::Error },
+    Io {
+        /// Where in the exchange.
+        phase: Phase,
+        /// The error.
+        source: io::Error,
+    },
     /// The request was refused before anything was sent (QEMU returns -EINVAL for these).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
@@ -86,7 +101,12 @@ pub enum Error {
     Broken,
     /// The command completed with a status other than GOOD (typed helpers only).
     #[error("{}", describe_failure(*status, sense))]
-    Scsi { status: Status, sense: Sense },
+    Scsi {
+        /// The status the device (or the helper) returned.
+        status: Status,
+        /// The sense buffer that came with it.
+        sense: Sense,
+    },
     /// GOOD status, but the PR IN data could not be decoded.
     #[error("malformed PR IN data: {0}")]
     Malformed(#[from] prin::DecodeError),
@@ -102,6 +122,7 @@ fn describe_failure(status: Status, sense: &Sense) -> String {
 /// A completed command: what the helper replied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Response {
+    /// SCSI status.
     pub status: Status,
     /// The helper's 96-byte sense buffer (meaningful with CHECK CONDITION).
     pub sense: Sense,
@@ -110,6 +131,7 @@ pub struct Response {
 }
 
 impl Response {
+    /// Whether the status is GOOD.
     pub fn is_good(&self) -> bool {
         self.status == Status::GOOD
     }
@@ -359,17 +381,21 @@ impl Client {
     }
 
     /// PERSISTENT RESERVE OUT with an encoded parameter list (see
-    /// [`crate::scsi::prout::BasicParams`] and [`crate::scsi::prout::RegisterMoveParams`]).
-    /// Non-GOOD (e.g. RESERVATION CONFLICT) is [`Error::Scsi`]; use [`Client::execute`] to
-    /// get the [`Response`] instead.
+    /// [`crate::scsi::prout::BasicParams`] and [`crate::scsi::prout::RegisterMoveParams`]),
+    /// logical-unit scope, and `pr_type` for the service actions that take one (RESERVE,
+    /// RELEASE, PREEMPT, PREEMPT AND ABORT, REGISTER AND MOVE; `None` sends type 0).
+    /// Non-GOOD (e.g. RESERVATION CONFLICT) is [`Error::Scsi`]; use [`Client::execute`]
+    /// with [`crate::scsi::cdb::pr_out`] for another scope, a raw type code, or to get the
+    /// [`Response`] instead.
     pub fn pr_out(
         &mut self,
         dev: BorrowedFd<'_>,
         action: PrOutAction,
-        scope: u8,
-        pr_type: u8,
+        pr_type: Option<PrType>,
         params: &[u8],
     ) -> Result<(), Error> {
+        let pr_type = pr_type.map_or(0, |t| t as u8);
+        let scope = cdb::LU_SCOPE;
         let len = u16::try_from(params.len())
             .ok()
             .filter(|&l| usize::from(l) <= MAX_DATA)

@@ -39,14 +39,17 @@ impl RawConn {
         })
     }
 
+    /// Wrap a connected stream; no handshake is done.
     pub fn from_stream(stream: UnixStream) -> RawConn {
         RawConn { stream }
     }
 
+    /// The underlying stream.
     pub fn stream(&self) -> &UnixStream {
         &self.stream
     }
 
+    /// Give the stream back.
     pub fn into_stream(self) -> UnixStream {
         self.stream
     }

@@ -12,13 +12,21 @@ pub mod transport_id;
 pub struct Status(pub u8);
 
 impl Status {
+    /// GOOD: the command completed.
     pub const GOOD: Status = Status(0x00);
+    /// CHECK CONDITION: sense data says why the command failed.
     pub const CHECK_CONDITION: Status = Status(0x02);
+    /// CONDITION MET.
     pub const CONDITION_MET: Status = Status(0x04);
+    /// BUSY: try again later.
     pub const BUSY: Status = Status(0x08);
+    /// RESERVATION CONFLICT: a persistent reservation forbids the command.
     pub const RESERVATION_CONFLICT: Status = Status(0x18);
+    /// TASK SET FULL.
     pub const TASK_SET_FULL: Status = Status(0x28);
+    /// ACA ACTIVE.
     pub const ACA_ACTIVE: Status = Status(0x30);
+    /// TASK ABORTED.
     pub const TASK_ABORTED: Status = Status(0x40);
 
     /// Human-readable name, as sg3_utils prints it.

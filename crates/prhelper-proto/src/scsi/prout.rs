@@ -26,15 +26,32 @@ pub const UNREG: u8 = 0x02;
 
 /// Why a parameter list or TransportID could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DecodeError {
+    /// The list ends before a field that must be there.
     #[error("parameter list too short: {have} bytes, at least {need} needed")]
-    TooShort { need: usize, have: usize },
+    TooShort {
+        /// Bytes needed.
+        need: usize,
+        /// Bytes present.
+        have: usize,
+    },
+    /// The TransportID list's length field claims more bytes than the list has.
     #[error("TransportID list length {declared} exceeds the {have} bytes present")]
-    ListOverrun { declared: usize, have: usize },
+    ListOverrun {
+        /// The declared length.
+        declared: usize,
+        /// Bytes present.
+        have: usize,
+    },
+    /// A TransportID in the list is cut short.
     #[error("TransportID at offset {offset} is cut short: {need} bytes needed, {have} left")]
     TidTruncated {
+        /// Where it starts in the list.
         offset: usize,
+        /// Its length.
         need: usize,
+        /// Bytes left.
         have: usize,
     },
 }
@@ -56,6 +73,7 @@ pub struct BasicParams {
 }
 
 impl BasicParams {
+    /// Encode (the decoder's inverse).
     pub fn encode(&self) -> Vec<u8> {
         let mut b = vec![0u8; BASIC_LEN];
         b[0..8].copy_from_slice(&self.key.to_be_bytes());
@@ -138,6 +156,7 @@ pub struct RegisterMoveParams {
 }
 
 impl RegisterMoveParams {
+    /// Encode (the decoder's inverse).
     pub fn encode(&self) -> Vec<u8> {
         let tid = self.transport_id.encode();
         let mut b = vec![0u8; BASIC_LEN];

@@ -8,38 +8,59 @@ pub const SENSE_SIZE: usize = 96;
 /// A sense key with its additional sense code and qualifier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SenseCode {
+    /// Sense key (4 bits).
     pub key: u8,
+    /// Additional sense code.
     pub asc: u8,
+    /// Additional sense code qualifier.
     pub ascq: u8,
 }
 
 macro_rules! codes {
-    ($($name:ident = $key:literal / $asc:literal / $ascq:literal;)*) => {
+    ($($(#[$doc:meta])* $name:ident = $key:literal / $asc:literal / $ascq:literal;)*) => {
         impl SenseCode {
-            $(pub const $name: SenseCode = SenseCode { key: $key, asc: $asc, ascq: $ascq };)*
+            $($(#[$doc])* pub const $name: SenseCode = SenseCode { key: $key, asc: $asc, ascq: $ascq };)*
         }
     };
 }
 
 // The codes QEMU's scsi/utils.c builds locally (same key/ASC/ASCQ values).
 codes! {
+    /// NO SENSE.
     NO_SENSE = 0x00 / 0x00 / 0x00;
+    /// NOT READY, LOGICAL UNIT NOT READY.
     NOT_READY = 0x02 / 0x04 / 0x00;
+    /// NOT READY, MEDIUM NOT PRESENT.
     NO_MEDIUM = 0x02 / 0x3a / 0x00;
+    /// MEDIUM ERROR, UNRECOVERED READ ERROR.
     READ_ERROR = 0x03 / 0x11 / 0x00;
+    /// HARDWARE ERROR, INTERNAL TARGET FAILURE.
     TARGET_FAILURE = 0x04 / 0x44 / 0x00;
+    /// ILLEGAL REQUEST, INVALID COMMAND OPERATION CODE.
     INVALID_OPCODE = 0x05 / 0x20 / 0x00;
+    /// ILLEGAL REQUEST, INVALID FIELD IN CDB.
     INVALID_FIELD = 0x05 / 0x24 / 0x00;
+    /// ILLEGAL REQUEST, INVALID FIELD IN PARAMETER LIST.
     INVALID_PARAM = 0x05 / 0x26 / 0x00;
+    /// ILLEGAL REQUEST, PARAMETER LIST LENGTH ERROR.
     INVALID_PARAM_LEN = 0x05 / 0x1a / 0x00;
+    /// ILLEGAL REQUEST, INVALID RELEASE OF PERSISTENT RESERVATION.
     INVALID_RELEASE = 0x05 / 0x26 / 0x04;
+    /// UNIT ATTENTION, POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
     RESET = 0x06 / 0x29 / 0x00;
+    /// DATA PROTECT, SPACE ALLOCATION FAILED WRITE PROTECT.
     SPACE_ALLOC_FAILED = 0x07 / 0x27 / 0x07;
+    /// ABORTED COMMAND, I/O PROCESS TERMINATED.
     IO_ERROR = 0x0b / 0x00 / 0x06;
+    /// ABORTED COMMAND, I_T NEXUS LOSS OCCURRED.
     I_T_NEXUS_LOSS = 0x0b / 0x29 / 0x07;
+    /// ABORTED COMMAND, LOGICAL UNIT COMMUNICATION FAILURE.
     LUN_COMM_FAILURE = 0x0b / 0x08 / 0x00;
+    /// ABORTED COMMAND, LOGICAL UNIT DOES NOT RESPOND TO SELECTION.
     LUN_NOT_RESPONDING = 0x0b / 0x05 / 0x00;
+    /// ABORTED COMMAND, COMMAND TIMEOUT DURING PROCESSING.
     COMMAND_TIMEOUT = 0x0b / 0x2e / 0x02;
+    /// ABORTED COMMAND, COMMANDS CLEARED BY DEVICE SERVER.
     COMMAND_ABORTED = 0x0b / 0x2f / 0x02;
 }
 
@@ -83,8 +104,11 @@ impl Sense {
 /// Decoded sense data, fixed (0x70/0x71) or descriptor (0x72/0x73) format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decoded {
+    /// Key, ASC and ASCQ.
     pub code: SenseCode,
+    /// Deferred error (response code 0x71 or 0x73).
     pub deferred: bool,
+    /// Descriptor format (0x72 or 0x73) rather than fixed.
     pub descriptor: bool,
 }
 

@@ -10,18 +10,31 @@ use super::prout::DecodeError;
 
 /// TransportID protocol identifiers (SPC-4 table 362).
 pub mod proto_id {
+    /// Fibre Channel.
     pub const FC: u8 = 0x0;
+    /// Parallel SCSI.
     pub const SPI: u8 = 0x1;
+    /// SSA.
     pub const SSA: u8 = 0x2;
+    /// IEEE 1394.
     pub const IEEE_1394: u8 = 0x3;
+    /// SCSI RDMA (SRP).
     pub const SRP: u8 = 0x4;
+    /// iSCSI.
     pub const ISCSI: u8 = 0x5;
+    /// SAS.
     pub const SAS: u8 = 0x6;
+    /// Automation/drive interface (ADT).
     pub const ADT: u8 = 0x7;
+    /// ATA/ATAPI.
     pub const ATA: u8 = 0x8;
+    /// USB attached SCSI (UAS).
     pub const UAS: u8 = 0x9;
+    /// SCSI over PCI Express (SOP).
     pub const SOP: u8 = 0xa;
+    /// PCI Express.
     pub const PCIE: u8 = 0xb;
+    /// No specific protocol.
     pub const NONE: u8 = 0xf;
 }
 
@@ -36,27 +49,49 @@ pub const MAX_ISCSI_ADDITIONAL: usize = 240;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum TransportId {
     /// Fibre Channel (protocol 0, format 0): the 8-byte N_Port name at bytes 8..16.
-    Fc { name: u64 },
+    Fc {
+        /// N_Port name.
+        name: u64,
+    },
     /// SAS (protocol 6, format 0): the SAS address at bytes 4..12.
-    Sas { address: u64 },
+    Sas {
+        /// SAS address.
+        address: u64,
+    },
     /// iSCSI (protocol 5, format 0): an iSCSI name, NUL-terminated and padded to 4 bytes.
-    Iscsi { name: String },
+    Iscsi {
+        /// iSCSI name (e.g. `iqn.…`).
+        name: String,
+    },
     /// iSCSI (protocol 5, format 1): an initiator port name, `name,i,0xISID`.
-    IscsiPort { name: String },
+    IscsiPort {
+        /// `NAME,i,0xISID`.
+        name: String,
+    },
     /// Any other byte string, sent and shown as is.
     Raw(Vec<u8>),
 }
 
 /// Errors from [`TransportId::parse`] (the `--transport-id` string forms).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ParseTidError {
+    /// Nothing to parse.
     #[error("empty TransportID")]
     Empty,
     #[error("badly formed {kind} TransportID {text:?}: expected 16 hex digits")]
-    BadWwn { kind: &'static str, text: String },
+    /// A `sas,`/`fc,`/`naa.` form without 16 hex digits.
+    BadWwn {
+        /// Which form.
+        kind: &'static str,
+        /// The text given.
+        text: String,
+    },
     #[error("iSCSI name {0:?} is empty, too long or not printable ASCII")]
+    /// An iSCSI name that cannot be sent.
     BadIscsi(String),
     #[error("unable to parse TransportID {0:?}: expected sas,HEX16 / fc,HEX16 / naa.HEX16 / iqn.NAME / eui.NAME or comma-separated hex bytes")]
+    /// None of the forms.
     Unrecognised(String),
 }
 
