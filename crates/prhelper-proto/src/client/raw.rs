@@ -160,6 +160,24 @@ impl RawConn {
     }
 }
 
+/// Plain reads, for tests that take a reply apart themselves.
+impl Read for RawConn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.read(buf)
+    }
+}
+
+/// Plain writes without fds, for tests that send something malformed.
+impl Write for RawConn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 impl AsFd for RawConn {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.stream.as_fd()
