@@ -16,6 +16,7 @@
 pub mod daemon;
 pub mod dev;
 pub mod proto;
+pub mod ratelimit;
 pub mod sg3;
 pub mod sys;
 

@@ -40,8 +40,8 @@ pub enum StartError {
     Pidfile(#[from] pidfile::PidfileError),
     #[error(transparent)]
     Privileges(#[from] privs::PrivError),
-    #[error("sandbox: {0}")]
-    Sandbox(String),
+    #[error("sandbox")]
+    Sandbox(#[from] sandbox::SandboxError),
     #[error("{what}")]
     Io {
         what: &'static str,
@@ -229,7 +229,7 @@ fn start(args: &Args, ready_pipe: &mut Option<UnixStream>) -> Result<(), StartEr
     } else {
         seccomp::Extra::default()
     };
-    let filter = seccomp::build(args.seccomp, &extra).map_err(StartError::Sandbox)?;
+    let filter = seccomp::build(args.seccomp, &extra)?;
 
     let backend: Box<dyn crate::dev::Backend> = match multipath {
         Some(m) => Box::new(m),
@@ -272,8 +272,7 @@ fn start(args: &Args, ready_pipe: &mut Option<UnixStream>) -> Result<(), StartEr
     let server = server::Server::new(listener, sig_rd, backend, cfg, hook)
         .map_err(io_err("cannot set up the event loop"))?;
     drop(sig_wr);
-    sandbox::enter(socket_dir.as_deref(), readable, filter.as_ref())
-        .map_err(StartError::Sandbox)?;
+    sandbox::enter(socket_dir.as_deref(), readable, filter.as_ref())?;
     server
         .spawn_workers()
         .map_err(io_err("cannot start worker threads"))?;

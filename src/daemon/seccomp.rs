@@ -14,6 +14,8 @@
 
 use std::collections::BTreeMap;
 
+use super::sandbox::SandboxError;
+
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule,
@@ -209,7 +211,7 @@ fn refused() -> Vec<(i64, &'static str)> {
 }
 
 /// Compile the filters. `None` when the architecture is not supported or mode is Off.
-pub fn build(mode: Mode, extra: &Extra) -> Result<Option<Filters>, String> {
+pub fn build(mode: Mode, extra: &Extra) -> Result<Option<Filters>, SandboxError> {
     if mode == Mode::Off {
         return Ok(None);
     }
@@ -220,7 +222,7 @@ pub fn build(mode: Mode, extra: &Extra) -> Result<Option<Filters>, String> {
     }
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     {
-        let err = |e: seccompiler::BackendError| e.to_string();
+        let err = SandboxError::SeccompBuild;
         let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
         for (nr, _why) in plain().into_iter().chain(refused()) {
             rules.insert(nr, vec![]);
@@ -316,9 +318,9 @@ pub fn build(mode: Mode, extra: &Extra) -> Result<Option<Filters>, String> {
 }
 
 /// Install the filters on the calling thread (threads started later inherit them).
-pub fn apply(filters: &[BpfProgram]) -> Result<(), String> {
+pub fn apply(filters: &[BpfProgram]) -> Result<(), SandboxError> {
     for prog in filters {
-        seccompiler::apply_filter(prog).map_err(|e| e.to_string())?;
+        seccompiler::apply_filter(prog)?;
     }
     Ok(())
 }
