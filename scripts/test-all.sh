@@ -19,6 +19,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test"
 cargo test --workspace
 
+step "library crate: rustdoc clean, ready to publish"
+RUSTDOCFLAGS="-D warnings" cargo doc -p prhelper-proto --no-deps
+cargo package -p prhelper-proto
+
 step "lab (VM with LIO; real QEMU as client)"
 lab/run
 

@@ -21,3 +21,9 @@ pub mod sg3;
 pub mod sys;
 
 pub use prhelper_proto::{client, scsi};
+
+// The README's Rust examples are compiled as doc tests (its other blocks are marked
+// `sh` or `text`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
