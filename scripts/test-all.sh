@@ -19,6 +19,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test"
 cargo test --workspace
 
+step "library crate: rustdoc clean, ready to publish"
+RUSTDOCFLAGS="-D warnings" cargo doc -p prhelper-proto --no-deps
+cargo package -p prhelper-proto
+
 # Everything shippable into target/pkg/: the .debs and the KubeVirt pr-helper image
 # (release build, podman FROM scratch, offline), which the lab's kubevirt_pr_helper
 # case runs.

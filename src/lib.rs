@@ -6,12 +6,25 @@
 //! - [`dev`]: device access behind the [`dev::Backend`] trait.
 //! - [`daemon`]: listener, sessions, privileges, signals: glue on top.
 //! - [`client`]: a client library that speaks the protocol the way QEMU does.
+//!
+//! [`scsi`], the wire protocol and [`client`] live in the `prhelper-proto` library crate
+//! (`crates/prhelper-proto`), which VMMs can depend on without the daemon; they are
+//! re-exported here under their old paths.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
-pub mod client;
+pub mod client_cli;
 pub mod daemon;
 pub mod dev;
 pub mod proto;
-pub mod scsi;
+pub mod ratelimit;
+pub mod sg3;
 pub mod sys;
+
+pub use prhelper_proto::{client, scsi};
+
+// The README's Rust examples are compiled as doc tests (its other blocks are marked
+// `sh` or `text`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

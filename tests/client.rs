@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use prhelper::client::{Client, Error, Phase, RawConn};
 use prhelper::proto::wire::ReplyError;
-use prhelper::scsi::cdb::{self, PrInAction, PrOutAction};
+use prhelper::scsi::cdb::{self, PrInAction, PrOutAction, PrType};
 use prhelper::scsi::prin::{FullStatus, ReadKeys, ReadReservation, Reservation, StatusDescriptor};
 use prhelper::scsi::prout::{BasicParams, RegisterMoveParams, TransportId};
 use prhelper::scsi::sense::{Sense, SenseCode};
@@ -260,7 +260,7 @@ fn every_typed_helper_and_one_fd_per_request() {
         ..Default::default()
     }
     .encode();
-    c.pr_out(dev, PrOutAction::Register, 0, 0, &params).unwrap();
+    c.pr_out(dev, PrOutAction::Register, None, &params).unwrap();
     let mv = RegisterMoveParams {
         key: 0xabc,
         sa_key: 0xdef,
@@ -270,8 +270,13 @@ fn every_typed_helper_and_one_fd_per_request() {
         transport_id: TransportId::parse("naa.5001405000000002").unwrap(),
     }
     .encode();
-    c.pr_out(dev, PrOutAction::RegisterAndMove, 0, 8, &mv)
-        .unwrap();
+    c.pr_out(
+        dev,
+        PrOutAction::RegisterAndMove,
+        Some(PrType::ExclusiveAccessAllRegistrants),
+        &mv,
+    )
+    .unwrap();
     drop(c);
     let seen = fake.seen();
     assert_eq!(seen.len(), 5);
@@ -309,15 +314,20 @@ fn non_good_statuses_are_responses_or_scsi_errors() {
         )
         .unwrap();
     assert_eq!(r.status, Status::RESERVATION_CONFLICT);
-    assert_eq!(r.category(), 24);
+    assert_eq!(prhelper::sg3::category(r.status, &r.sense), 24);
     let r = c.pr_in(dev, PrInAction::ReadKeys, 64).unwrap();
     assert_eq!(r.status, Status::CHECK_CONDITION);
     assert_eq!(r.sense_data().unwrap().code, SenseCode::INVALID_FIELD);
     assert!(r.data.is_empty());
-    assert_eq!(r.category(), 5);
+    assert_eq!(prhelper::sg3::category(r.status, &r.sense), 5);
     // Typed helpers turn non-GOOD into Error::Scsi; the connection stays usable.
     let e = c
-        .pr_out(dev, PrOutAction::Release, 0, 3, &[0; 24])
+        .pr_out(
+            dev,
+            PrOutAction::Release,
+            Some(PrType::ExclusiveAccess),
+            &[0; 24],
+        )
         .unwrap_err();
     assert!(
         matches!(
@@ -389,7 +399,7 @@ fn data_with_pr_out_or_bad_status_is_invalid() {
     let (f, _) = disk();
     let mut c = Client::connect(fake.path()).unwrap();
     let e = c
-        .pr_out(f.as_file().as_fd(), PrOutAction::Register, 0, 0, &[0; 24])
+        .pr_out(f.as_file().as_fd(), PrOutAction::Register, None, &[0; 24])
         .unwrap_err();
     assert!(
         matches!(

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
@@ -237,7 +237,7 @@ fn malformed_requests_close_the_connection_and_leak_nothing() {
         let mut msg = [0u8; 16 + 24];
         msg[..10].copy_from_slice(&pr_out_cdb(0, 0, 24));
         c.send(&msg[..cut], &[f.as_fd()]);
-        c.s.shutdown(std::net::Shutdown::Write).unwrap();
+        c.s.stream().shutdown(std::net::Shutdown::Write).unwrap();
         assert!(c.is_closed(), "EOF after {cut} bytes");
     }
     // Unsupported feature request.
@@ -733,7 +733,7 @@ fn write_side_never_blocks_the_daemon() {
     // others are still served.
     let d = Daemon::start(&[]);
     let hog = d.connect();
-    hog.s.set_nonblocking(true).unwrap();
+    hog.s.stream().set_nonblocking(true).unwrap();
     let f = devnull_rw();
     let mut cdb = [0u8; 16];
     cdb[..10].copy_from_slice(&pr_in_cdb(0, 8));

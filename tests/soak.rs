@@ -103,7 +103,7 @@ fn hostile(d: &Daemon, stop: Arc<AtomicBool>, kind: usize) -> std::thread::JoinH
                         &[f.as_fd()],
                         false,
                     );
-                    let _ = c.s.shutdown(std::net::Shutdown::Write);
+                    let _ = c.s.stream().shutdown(std::net::Shutdown::Write);
                     let mut b = [0u8; 1];
                     let _ = c.s.read(&mut b);
                 }

@@ -17,9 +17,10 @@ use std::fmt::Write as _;
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use prhelper::proto::wire::pad_cdb;
-use prhelper::scsi::cdb::{self, pr_type_name, CdbSummary, PrInAction, PrOutAction, PrType};
+use prhelper::scsi::cdb::{self, CdbSummary, PrInAction, PrOutAction, PrType};
+use prhelper::sg3::{describe, type_name};
 use prhelper::scsi::prout::{
-    self, describe, BasicParams, RegisterMoveParams, TransportId, ALL_TG_PT, APTPL, SPEC_I_PT,
+    self, BasicParams, RegisterMoveParams, TransportId, ALL_TG_PT, APTPL, SPEC_I_PT,
     UNREG,
 };
 
@@ -42,8 +43,8 @@ fn check_cdb(raw: &[u8; 16]) {
         ),
         _ => assert_eq!(name, "not a PR command"),
     }
-    let _ = pr_type_name(raw[2] & 0x0f);
-    let _ = pr_type_name(raw[3]);
+    let _ = type_name(raw[2] & 0x0f);
+    let _ = type_name(raw[3]);
     if let Some(t) = PrType::from_code(raw[3]) {
         assert_eq!(t as u8, raw[3]);
     }

@@ -16,7 +16,8 @@ use libfuzzer_sys::fuzz_target;
 use prhelper::dev::mpath::route::{classify, Class};
 use prhelper::dev::mpath::status;
 use prhelper::proto::multipathd::{self as mp, Reply};
-use prhelper::scsi::sense::{self, SgOutcome};
+use prhelper::dev::verdict;
+use prhelper::sys::sgio::SgOutcome;
 
 fuzz_target!(|data: &[u8]| {
     // Reply framing.
@@ -69,7 +70,7 @@ fuzz_target!(|data: &[u8]| {
     let c = classify(&o, data.get(7..).unwrap_or(&[]));
     if c == Class::Good {
         assert!(o.errno.is_none() && o.host_status == 0);
-        assert_eq!(o.driver_status & sense::DRIVER_TIMEOUT_MASK, 0);
+        assert_eq!(o.driver_status & verdict::DRIVER_TIMEOUT_MASK, 0);
         assert!(o.status == 0 || o.status == 4);
     }
 });

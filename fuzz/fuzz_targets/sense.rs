@@ -9,15 +9,18 @@
 //! decodes back to `c` (key reduced to its 4 bits); `interpret` never turns an errno or a
 //! host status into GOOD and only builds sense with CHECK CONDITION; `ReplyHeader::decode`
 //! never accepts a size above the maximum or data with a non-GOOD status, and keeps the
-//! sense bytes as they are; `client::category` is 0 exactly for GOOD.
+//! sense bytes as they are; `sg3::category` is 0 exactly for GOOD.
 #![no_main]
 
 use std::fmt::Write as _;
 
 use libfuzzer_sys::fuzz_target;
-use prhelper::client::{self, Response};
+use prhelper::client::Response;
+use prhelper::dev::verdict;
+use prhelper::sg3;
 use prhelper::proto::wire::{ReplyHeader, REPLY_HEADER_SIZE};
-use prhelper::scsi::sense::{self, asc_name, decode, key_name, Sense, SenseCode, SgOutcome};
+use prhelper::scsi::sense::{self, asc_name, decode, key_name, Sense, SenseCode};
+use prhelper::sys::sgio::SgOutcome;
 use prhelper::scsi::Status;
 
 /// A `fmt::Write` that discards: formatting runs (and must not panic), nothing is allocated.
@@ -119,13 +122,12 @@ fuzz_target!(|data: &[u8]| {
             let resp = Response {
                 status: r.status,
                 sense: r.sense.clone(),
-                // What `category`, `sense_data` and `good` look at does not include the
+                // What `sense_data` and `good` look at does not include the
                 // data, so none is allocated.
                 data: Vec::new(),
             };
-            let cat = resp.category();
+            let cat = sg3::category(resp.status, &resp.sense);
             assert_eq!(cat == 0, r.status == Status::GOOD);
-            assert_eq!(cat, client::category(r.status, &r.sense));
             if let Some(d) = resp.sense_data() {
                 assert_eq!(r.status, Status::CHECK_CONDITION);
                 assert_eq!(Some(d), decode(&r.sense.0));
@@ -152,7 +154,7 @@ fuzz_target!(|data: &[u8]| {
         host_status: u16::from_be_bytes([g(6), g(7)]),
         driver_status: u16::from_be_bytes([g(8), g(9)]),
     };
-    let v = sense::interpret(&outcome);
+    let v = verdict::interpret(&outcome);
     if v.sense.is_some() {
         assert_eq!(v.status, Status::CHECK_CONDITION);
     }
@@ -160,12 +162,12 @@ fuzz_target!(|data: &[u8]| {
         Some(0) => assert_eq!(v.status, Status::GOOD),
         Some(_) => assert_ne!(v.status, Status::GOOD),
         None if outcome.host_status != 0 => assert_ne!(v.status, Status::GOOD),
-        None if outcome.driver_status & sense::DRIVER_TIMEOUT_MASK != 0 => {
+        None if outcome.driver_status & verdict::DRIVER_TIMEOUT_MASK != 0 => {
             assert_eq!(v.status, Status::BUSY)
         }
         None => assert_eq!(
             v,
-            sense::Verdict {
+            verdict::Verdict {
                 status: Status(outcome.status),
                 sense: None
             }

@@ -177,3 +177,10 @@ pub fn indent(text: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// Run one named step of a case: the step is printed as it starts, and its error is
+/// prefixed by its name, so that a failure says which step failed.
+pub fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    println!("  step: {name}");
+    f().map_err(|e| format!("step \"{name}\": {e}"))
+}

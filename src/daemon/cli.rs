@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{ArgAction, Parser};
 
 /// Default socket path, as Debian's qemu-pr-helper (`<localstatedir>/run`).
-pub const DEFAULT_SOCKET: &str = "/var/run/qemu-pr-helper.sock";
+pub use prhelper_proto::DEFAULT_SOCKET;
 /// Default pidfile path, used only with `--daemon` when `--pidfile` is not given.
 pub const DEFAULT_PIDFILE: &str = "/var/run/qemu-pr-helper.pid";
 

@@ -161,7 +161,7 @@ fn confine(parent: Pid, keep: RawFd, filter: Option<&seccomp::Filters>) -> Resul
     crate::sys::process::default_signals(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
     close_other_fds(keep)?;
     super::privs::drop_privileges(None, &caps::CapsHashSet::new()).map_err(|e| e.to_string())?;
-    super::sandbox::enter(None, &[], filter)
+    super::sandbox::enter(None, &[], filter).map_err(|e| crate::daemon::chain(&e))
 }
 
 fn close_other_fds(keep: RawFd) -> Result<(), String> {

@@ -3,14 +3,14 @@
 
 use std::os::fd::OwnedFd;
 use std::os::fd::{AsFd, AsRawFd};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use tracing::{debug, error, warn};
+use tracing::{debug, error};
 
 use crate::dev::{contain, Backend, Outcome};
 use crate::proto::{Request, RequestKind};
+use crate::ratelimit::RateLimit;
 use crate::scsi::cdb::pr_out_length_mismatch;
 use crate::scsi::sense::SenseCode;
 
@@ -137,58 +137,6 @@ fn is_read_only(fd: &OwnedFd) -> bool {
 /// the log, nor use up the protocol-error limiter (or be hidden by it).
 static CONTAINMENT_LOG: RateLimit = RateLimit::new(Duration::from_secs(10), 5);
 
-/// At most `burst` warnings per `window`; the rest go to the debug log and are counted
-/// in the first warning of the next window.
-pub struct RateLimit {
-    window: Duration,
-    burst: u32,
-    state: Mutex<(Option<Instant>, u32, u32)>,
-}
-
-impl RateLimit {
-    pub const fn new(window: Duration, burst: u32) -> RateLimit {
-        RateLimit {
-            window,
-            burst,
-            state: Mutex::new((None, 0, 0)),
-        }
-    }
-
-    /// Log `msg()` at warning level unless over the limit. True if it was.
-    pub fn warn(&self, msg: impl FnOnce() -> String) -> bool {
-        let (logged, suppressed) = self.admit(Instant::now());
-        if suppressed > 0 {
-            warn!(
-                "{suppressed} more such refusal(s) in the last {:?} (see debug log)",
-                self.window
-            );
-        }
-        if logged {
-            warn!("{}", msg());
-        } else {
-            debug!("{}", msg());
-        }
-        logged
-    }
-
-    /// (log this one?, how many were suppressed in the window that just ended).
-    fn admit(&self, now: Instant) -> (bool, u32) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let mut suppressed = 0;
-        if s.0.is_none_or(|t| now.duration_since(t) >= self.window) {
-            suppressed = s.2;
-            *s = (Some(now), 0, 0);
-        }
-        if s.1 < self.burst {
-            s.1 += 1;
-            (true, suppressed)
-        } else {
-            s.2 += 1;
-            (false, suppressed)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,18 +168,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn rate_limit_counts_what_it_drops() {
-        let l = RateLimit::new(Duration::from_secs(10), 2);
-        let t0 = Instant::now();
-        assert_eq!(l.admit(t0), (true, 0));
-        assert_eq!(l.admit(t0), (true, 0));
-        assert_eq!(l.admit(t0 + Duration::from_secs(1)), (false, 0));
-        assert_eq!(l.admit(t0 + Duration::from_secs(9)), (false, 0));
-        // Next window: logged again, and told how many were dropped.
-        assert_eq!(l.admit(t0 + Duration::from_secs(10)), (true, 2));
-        assert_eq!(l.admit(t0 + Duration::from_secs(11)), (true, 0));
     }
 }

@@ -80,7 +80,7 @@ pub fn from_activation() -> Result<Option<UnixListener>, ListenError> {
         }
     }
     let fd = fds[0];
-    let owned: OwnedFd = crate::sys::process::adopt_activation_fd(fd)
+    let owned: OwnedFd = crate::sys::process::adopt_activation_fd()
         .map_err(|e| ListenError::Activation(format!("invalid file descriptor {fd}: {e}")))?;
     let is_listening = getsockopt(&owned, sockopt::AcceptConn).unwrap_or(false);
     let ty = getsockopt(&owned, sockopt::SockType).ok();

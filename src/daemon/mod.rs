@@ -42,8 +42,8 @@ pub enum StartError {
     Pidfile(#[from] pidfile::PidfileError),
     #[error(transparent)]
     Privileges(#[from] privs::PrivError),
-    #[error("sandbox: {0}")]
-    Sandbox(String),
+    #[error("sandbox")]
+    Sandbox(#[from] sandbox::SandboxError),
     #[error("{what}")]
     Io {
         what: &'static str,
@@ -62,7 +62,7 @@ fn print_err(msg: &str) {
 }
 
 /// Format an error with its chain of causes.
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -255,7 +255,7 @@ fn start(args: &Args, ready_pipe: &mut Option<UnixStream>) -> Result<(), StartEr
     } else {
         seccomp::Extra::default()
     };
-    let filter = seccomp::build(args.seccomp, &extra).map_err(StartError::Sandbox)?;
+    let filter = seccomp::build(args.seccomp, &extra)?;
 
     let backend: Box<dyn crate::dev::Backend> = match multipath {
         Some(m) => Box::new(m),
@@ -300,8 +300,7 @@ fn start(args: &Args, ready_pipe: &mut Option<UnixStream>) -> Result<(), StartEr
     let server = server::Server::new(listener, sig_rd, backend, cfg, hook)
         .map_err(io_err("cannot set up the event loop"))?;
     drop(sig_wr);
-    sandbox::enter(socket_dir.as_deref(), readable, filter.as_ref())
-        .map_err(StartError::Sandbox)?;
+    sandbox::enter(socket_dir.as_deref(), readable, filter.as_ref())?;
     server
         .spawn_workers()
         .map_err(io_err("cannot start worker threads"))?;

@@ -22,11 +22,31 @@ use tracing::{debug, info};
 
 use super::seccomp;
 
+/// Why the sandbox could not be set up. The daemon does not start without it.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// prctl(PR_SET_NO_NEW_PRIVS) failed.
+    #[error("cannot set no_new_privs")]
+    NoNewPrivs(#[source] nix::Error),
+    /// The Landlock ruleset could not be built or enforced.
+    #[error("landlock")]
+    Landlock(#[from] landlock::RulesetError),
+    /// The seccomp filter could not be compiled.
+    #[error("cannot compile the seccomp filter")]
+    SeccompBuild(#[from] seccompiler::BackendError),
+    /// The kernel refused the seccomp filter.
+    #[error("cannot install the seccomp filter")]
+    SeccompApply(#[from] seccompiler::Error),
+}
+
 /// Restrict the filesystem. `removable_in`: the directory whose entries may be removed;
 /// `readable`: directories beneath which files may be opened for reading.
-pub fn landlock(removable_in: Option<&Path>, readable: &[&Path]) -> Result<RulesetStatus, String> {
+pub fn landlock(
+    removable_in: Option<&Path>,
+    readable: &[&Path],
+) -> Result<RulesetStatus, SandboxError> {
     let abi = ABI::V3;
-    let err = |e: landlock::RulesetError| format!("landlock: {e}");
+    let err = SandboxError::Landlock;
     let mut rs = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
         .handle_access(AccessFs::from_all(abi))
@@ -62,8 +82,8 @@ pub fn enter(
     removable_in: Option<&Path>,
     readable: &[&Path],
     filter: Option<&seccomp::Filters>,
-) -> Result<(), String> {
-    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+) -> Result<(), SandboxError> {
+    nix::sys::prctl::set_no_new_privs().map_err(SandboxError::NoNewPrivs)?;
     match landlock(removable_in, readable)? {
         RulesetStatus::FullyEnforced => debug!("landlock: enforced"),
         RulesetStatus::PartiallyEnforced => {
@@ -74,7 +94,7 @@ pub fn enter(
         }
     }
     match filter {
-        Some(prog) => seccomp::apply(prog).map_err(|e| format!("seccomp: {e}"))?,
+        Some(prog) => seccomp::apply(prog)?,
         None => info!("seccomp filter disabled"),
     }
     Ok(())

@@ -16,6 +16,8 @@
 
 use std::collections::BTreeMap;
 
+use super::sandbox::SandboxError;
+
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule,
@@ -217,7 +219,7 @@ fn refused() -> Vec<(i64, &'static str)> {
 }
 
 /// Compile the filters. `None` when the architecture is not supported or mode is Off.
-pub fn build(mode: Mode, extra: &Extra) -> Result<Option<Filters>, String> {
+pub fn build(mode: Mode, extra: &Extra) -> Result<Option<Filters>, SandboxError> {
     if mode == Mode::Off {
         return Ok(None);
     }
@@ -228,7 +230,7 @@ pub fn build(mode: Mode, extra: &Extra) -> Result<Option<Filters>, String> {
     }
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     {
-        let err = |e: seccompiler::BackendError| e.to_string();
+        let err = SandboxError::SeccompBuild;
         let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
         for (nr, _why) in plain().into_iter().chain(refused()) {
             rules.insert(nr, vec![]);
@@ -317,8 +319,8 @@ pub fn build(mode: Mode, extra: &Extra) -> Result<Option<Filters>, String> {
 
 /// `socket()` with AF_UNIX only.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-fn unix_socket_rule() -> Result<Vec<SeccompRule>, String> {
-    let err = |e: seccompiler::BackendError| e.to_string();
+fn unix_socket_rule() -> Result<Vec<SeccompRule>, SandboxError> {
+    let err = SandboxError::SeccompBuild;
     Ok(vec![SeccompRule::new(vec![SeccompCondition::new(
         0,
         SeccompCmpArgLen::Dword,
@@ -363,7 +365,7 @@ fn connector_plain() -> Vec<(i64, &'static str)> {
 /// The connector's filter: [`connector_plain`] and `socket(AF_UNIX)`; anything else kills
 /// it (or is logged with `--seccomp=log`). `None` when the architecture is not supported
 /// or mode is Off.
-pub fn build_connector(mode: Mode) -> Result<Option<Filters>, String> {
+pub fn build_connector(mode: Mode) -> Result<Option<Filters>, SandboxError> {
     if mode == Mode::Off {
         return Ok(None);
     }
@@ -371,7 +373,7 @@ pub fn build_connector(mode: Mode) -> Result<Option<Filters>, String> {
     return Ok(None);
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     {
-        let err = |e: seccompiler::BackendError| e.to_string();
+        let err = SandboxError::SeccompBuild;
         let mut rules: BTreeMap<i64, Vec<SeccompRule>> = connector_plain()
             .into_iter()
             .map(|(nr, _)| (nr, vec![]))
@@ -400,9 +402,9 @@ pub fn build_connector(mode: Mode) -> Result<Option<Filters>, String> {
 }
 
 /// Install the filters on the calling thread (threads started later inherit them).
-pub fn apply(filters: &[BpfProgram]) -> Result<(), String> {
+pub fn apply(filters: &[BpfProgram]) -> Result<(), SandboxError> {
     for prog in filters {
-        seccompiler::apply_filter(prog).map_err(|e| e.to_string())?;
+        seccompiler::apply_filter(prog)?;
     }
     Ok(())
 }

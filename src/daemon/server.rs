@@ -26,6 +26,7 @@ use super::handler;
 use crate::dev::Backend;
 use crate::proto::wire::{MAX_DATA, SUPPORTED_FEATURES};
 use crate::proto::{Conn, ProtoError, Reply, Request, RequestKind};
+use crate::ratelimit::RateLimit;
 use crate::scsi::cdb::CdbSummary;
 use crate::sys::fdpass;
 
@@ -595,12 +596,18 @@ fn supervise(shared: Arc<Shared>) {
             let room = shared.cfg.max_threads.saturating_sub(threads);
             for _ in 0..want.min(room) {
                 if let Err(e) = spawn_worker(&shared) {
-                    rate_limited_warn(&format!("cannot start another worker thread: {e}"));
+                    rate_limited_warn(
+                        &SPAWN_FAILED,
+                        &format!("cannot start another worker thread: {e}"),
+                    );
                     break;
                 }
             }
             if room == 0 {
-                rate_limited_warn("all worker threads are busy (--max-threads reached)");
+                rate_limited_warn(
+                    &ALL_BUSY,
+                    "all worker threads are busy (--max-threads reached)",
+                );
             }
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -653,7 +660,10 @@ fn accept_all(shared: &Arc<Shared>) {
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS/ENOMEM: the pending connection stays queued.
                 // Pause instead of spinning on a listener that stays readable.
-                rate_limited_warn(&format!("accept failed: {e}; retrying in 100 ms"));
+                rate_limited_warn(
+                    &ACCEPT_FAILED,
+                    &format!("accept failed: {e}; retrying in 100 ms"),
+                );
                 backoff = true;
                 break;
             }
@@ -670,14 +680,17 @@ fn accept_all(shared: &Arc<Shared>) {
     }
 }
 
-fn rate_limited_warn(msg: &str) {
-    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
-    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
-    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-        *last = Some(Instant::now());
-        warn!("{msg}");
-    }
+/// Log `msg` at warning level unless `limit` logged within the last 10 s (at debug level
+/// then). Each call site has its own limiter.
+fn rate_limited_warn(limit: &RateLimit, msg: &str) {
+    limit.warn(|| msg.to_owned());
 }
+
+const WARN_EVERY: Duration = Duration::from_secs(10);
+static SPAWN_FAILED: RateLimit = RateLimit::new(WARN_EVERY, 1);
+static ALL_BUSY: RateLimit = RateLimit::new(WARN_EVERY, 1);
+static ACCEPT_FAILED: RateLimit = RateLimit::new(WARN_EVERY, 1);
+static TOO_MANY: RateLimit = RateLimit::new(WARN_EVERY, 1);
 
 /// Log a client's protocol violation. A hostile client can cause thousands per second,
 /// and a log write can block (a full stderr pipe, a slow journal): at most
@@ -738,7 +751,7 @@ fn add_session(shared: &Arc<Shared>, stream: UnixStream) {
         out: false,
     });
     let Some(i) = shared.sessions.alloc() else {
-        rate_limited_warn("dropping new connection: too many connections");
+        rate_limited_warn(&TOO_MANY, "dropping new connection: too many connections");
         return;
     };
     let Some(mut slot) = shared.sessions.slot(i) else {

@@ -4,10 +4,11 @@
 
 pub mod contain;
 pub mod mpath;
+pub mod verdict;
 
 use std::os::fd::BorrowedFd;
 
-use crate::scsi::sense::{self, Sense};
+use crate::scsi::sense::Sense;
 use crate::scsi::Status;
 use crate::sys::sgio::{self, Data};
 
@@ -31,7 +32,7 @@ impl Outcome {
     }
 
     /// A locally built CHECK CONDITION with fixed-format sense.
-    pub fn check(code: sense::SenseCode) -> Outcome {
+    pub fn check(code: crate::scsi::sense::SenseCode) -> Outcome {
         Outcome {
             status: Status::CHECK_CONDITION,
             sense: Sense::fixed(code),
@@ -59,7 +60,7 @@ impl SgIo {
     fn run(&self, dev: BorrowedFd<'_>, cdb: &[u8; 16], data: Data<'_>) -> Outcome {
         let mut sense_buf = [0u8; 96];
         let r = sgio::sg_io(dev, cdb, data, &mut sense_buf, self.timeout_ms);
-        let verdict = sense::interpret(&r.outcome);
+        let verdict = verdict::interpret(&r.outcome);
         let sense = match verdict.sense {
             Some(code) => Sense::fixed(code),
             None => Sense(sense_buf),

@@ -1,9 +1,10 @@
-//! The pr-helper wire protocol (QEMU `docs/interop/pr-helper.rst`): framing, replies and the
-//! per-connection request state machine. Pure code: no I/O, no `unsafe`.
+//! The two wire protocols the daemon speaks: QEMU's pr-helper protocol towards clients
+//! ([`wire`] and [`conn`], from the `prhelper-proto` library) and multipathd's command
+//! socket towards multipathd ([`multipathd`]). Pure code: no I/O, no `unsafe`.
 
-pub mod conn;
 pub mod multipathd;
-pub mod wire;
+
+pub use prhelper_proto::{conn, wire};
 
 pub use conn::{Conn, ProtoError, Request, RequestKind};
 pub use wire::{AllocLen, Reply, ReplyHeader};

@@ -8,10 +8,19 @@ pub enum Forked {
     Child,
 }
 
-/// Fork the process. Must be called while the process has a single thread.
+/// Fork the process, which must have a single thread: with more, the child could inherit
+/// locks held by threads that do not exist in it. Checked (`/proc/self/task`): fails with
+/// `EDEADLK` if another thread exists.
 pub fn fork_single_threaded() -> std::io::Result<Forked> {
-    // SAFETY: callers only fork before any thread is started (the daemon forks during
-    // start-up, before the worker pool exists), so the child is a complete copy with no
+    let threads = std::fs::read_dir("/proc/self/task")?.count();
+    if threads != 1 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::Deadlock,
+            format!("cannot fork safely: the process has {threads} threads"),
+        ));
+    }
+    // SAFETY: the process has one thread (checked just above; no other thread can start
+    // meanwhile, since this one is busy here), so the child is a complete copy with no
     // locks held by vanished threads.
     match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent { child }),
@@ -19,12 +28,26 @@ pub fn fork_single_threaded() -> std::io::Result<Forked> {
     }
 }
 
-/// Take ownership of a file descriptor that systemd passed with `LISTEN_FDS` (after
-/// `LISTEN_PID` matched this process). Fails if the fd is not open.
-pub fn adopt_activation_fd(fd: RawFd) -> std::io::Result<OwnedFd> {
+/// The first fd a service manager passes (`SD_LISTEN_FDS_START`).
+pub const LISTEN_FDS_START: RawFd = 3;
+
+/// Take ownership of the file descriptor that systemd passed with `LISTEN_FDS=1` (after
+/// `LISTEN_PID` matched this process): fd 3. Fails if it is not open, or if it was
+/// adopted before (so that two owners can never close it).
+pub fn adopt_activation_fd() -> std::io::Result<OwnedFd> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static ADOPTED: AtomicBool = AtomicBool::new(false);
+    let fd = LISTEN_FDS_START;
     nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)?;
-    // SAFETY: the fd is open (checked above) and was handed to this process by its
-    // service manager for it to own; it is adopted once, during single-threaded start-up.
+    if ADOPTED.swap(true, Ordering::SeqCst) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "the activation socket was already adopted",
+        ));
+    }
+    // SAFETY: fd 3 is open (checked above), was handed to this process by its service
+    // manager for it to own, and nothing else in the process owns it: nothing opens files
+    // before socket activation is handled, and the flag above lets it be adopted once.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 

@@ -2,7 +2,18 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use crate::scsi::sense::SgOutcome;
+/// What an SG_IO call returned, before interpretation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SgOutcome {
+    /// errno if the ioctl itself failed.
+    pub errno: Option<i32>,
+    /// The device's SCSI status byte.
+    pub status: u8,
+    /// The midlayer's host status (`DID_*`).
+    pub host_status: u16,
+    /// The driver status (timeout bits).
+    pub driver_status: u16,
+}
 
 const SG_IO: libc::c_ulong = 0x2285;
 const SG_DXFER_NONE: libc::c_int = -1;

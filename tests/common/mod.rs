@@ -1,15 +1,15 @@
 //! Shared helpers for integration tests that run the real `prhelper` binary.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::io::Read;
+use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use prhelper::proto::wire::REPLY_HEADER_SIZE;
-use prhelper::sys::fdpass;
+use prhelper::client::RawConn;
+use prhelper::proto::wire::pad_cdb;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_prhelper");
 
@@ -157,37 +157,31 @@ impl Reply {
     }
 }
 
-/// A raw protocol client that can misbehave.
+/// A raw protocol client that can misbehave: the library's [`RawConn`] with the
+/// assertions these tests want (every step must succeed, replies decoded loosely).
 pub struct Client {
-    pub s: UnixStream,
+    pub s: RawConn,
 }
 
 impl Client {
     pub fn connect(path: &Path) -> Client {
         let mut c = Self::connect_raw(path);
-        let mut f = [0u8; 4];
-        c.s.read_exact(&mut f).unwrap();
-        assert_eq!(f, [0, 0, 0, 0], "supported features");
-        c.s.write_all(&[0, 0, 0, 0]).unwrap();
+        assert_eq!(c.s.handshake().unwrap(), 0, "supported features");
         c
     }
 
     pub fn connect_raw(path: &Path) -> Client {
-        let s = UnixStream::connect(path).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let s = RawConn::connect(path).unwrap();
+        s.set_timeouts(Some(Duration::from_secs(20)), None).unwrap();
         Client { s }
     }
 
     pub fn send(&mut self, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
-        let mut off = fdpass::send_with_fds(self.s.as_fd(), bytes, fds, false).unwrap();
-        while off < bytes.len() {
-            off += fdpass::send_with_fds(self.s.as_fd(), &bytes[off..], &[], false).unwrap();
-        }
+        self.s.send_all_with_fds(bytes, fds).unwrap();
     }
 
     pub fn request(&mut self, cdb: &[u8], fd: BorrowedFd<'_>, params: &[u8]) -> Reply {
-        let mut c = [0u8; 16];
-        c[..cdb.len()].copy_from_slice(cdb);
+        let c = pad_cdb(cdb).expect("CDB of 1..=16 bytes");
         self.send(&c, &[fd]);
         if !params.is_empty() {
             self.send(params, &[]);
@@ -195,9 +189,9 @@ impl Client {
         self.reply().expect("reply")
     }
 
+    /// The next reply, header fields as sent (no validation); `None` at EOF.
     pub fn reply(&mut self) -> Option<Reply> {
-        let mut h = [0u8; REPLY_HEADER_SIZE];
-        self.s.read_exact(&mut h).ok()?;
+        let h = self.s.read_header_raw().ok()?;
         let status = i32::from_be_bytes(h[0..4].try_into().unwrap());
         let size = u32::from_be_bytes(h[4..8].try_into().unwrap());
         let mut data = vec![0u8; size as usize];
@@ -212,8 +206,12 @@ impl Client {
 
     /// True if the helper closed the connection (EOF or reset) without replying.
     pub fn is_closed(&mut self) -> bool {
-        let mut b = [0u8; 1];
-        matches!(self.s.read(&mut b), Ok(0) | Err(_))
+        match self.s.wait_closed(Duration::from_secs(20)) {
+            Ok(closed) => closed,
+            // Data instead of EOF: not closed.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => false,
+            Err(_) => true,
+        }
     }
 }
 

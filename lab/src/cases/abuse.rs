@@ -17,8 +17,9 @@
 
 use prhelper::client::raw::RawConn;
 use prhelper::client::Client;
+use prhelper::dev::verdict::host;
 use prhelper::scsi::cdb::{self, PrInAction, PrOutAction};
-use prhelper::scsi::sense::{host, SenseCode};
+use prhelper::scsi::sense::SenseCode;
 use prhelper::scsi::Status;
 use prhelper::sys::sgio::{self, Data};
 use prhelper_lab::helper::Helper;
@@ -110,8 +111,7 @@ fn run(helper: &Helper, healthy: &SharedLun, victim: SharedLun, scratch: &Path) 
         .pr_out(
             h_fd.as_fd(),
             PrOutAction::Register,
-            0,
-            0,
+            None,
             &keys(0, HEALTHY_KEY).encode(),
         )
         .map_err(|e| format!("REGISTER on the healthy LUN: {e}"))?;

@@ -16,7 +16,7 @@ use prhelper_lab::helper::Helper;
 use prhelper_lab::lio::SharedLun;
 use prhelper_lab::prh::{self, client_cli, open_rw, with_log};
 use prhelper_lab::sg::{self, EXIT_RESERVATION_CONFLICT, EXIT_UNIT_ATTENTION};
-use prhelper_lab::util::{indent, scratch_dir, Output};
+use prhelper_lab::util::{indent, scratch_dir, step, Output};
 use prhelper_lab::{bail, ensure, Result};
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -197,6 +197,9 @@ pub fn client_actions() -> Result<()> {
     Ok(())
 }
 
+/// One named step of the case.
+type Step = fn(&mut Ctx) -> Result<()>;
+
 fn run(lun: &SharedLun, helper: &Helper, scratch: &Path) -> Result<()> {
     let dev = |i: usize| lun.device(i);
     let a_fd = open_rw(&dev(A).disk)?;
@@ -213,8 +216,25 @@ fn run(lun: &SharedLun, helper: &Helper, scratch: &Path) -> Result<()> {
         client: prh::connect(helper.socket())?,
         a_fd,
     };
-    let (ka, kb) = (hex(KA), hex(KB));
+    let steps: [(&str, Step); 10] = [
+        ("REPORT CAPABILITIES", report_capabilities),
+        ("REGISTER and REGISTER AND IGNORE", register),
+        ("RESERVE/RELEASE of every type", every_type),
+        ("PREEMPT", preempt),
+        ("PREEMPT AND ABORT rejections", preempt_and_abort),
+        ("CLEAR", clear),
+        ("APTPL", aptpl),
+        ("ALL_TG_PT", all_tg_pt),
+        ("SPEC_I_PT", spec_i_pt),
+        ("REGISTER AND MOVE", register_and_move),
+    ];
+    for (name, f) in steps {
+        step(name, || f(&mut x))?;
+    }
+    Ok(())
+}
 
+fn report_capabilities(x: &mut Ctx) -> Result<()> {
     // REPORT CAPABILITIES: LIO's, all six types, SIP_C/ATP_C/PTPL_C.
     let caps = x
         .client
@@ -231,7 +251,11 @@ fn run(lun: &SharedLun, helper: &Helper, scratch: &Path) -> Result<()> {
         "capabilities {caps:?}"
     );
     x.expect_state_full("empty LU", &[], None, true)?;
+    Ok(())
+}
 
+fn register(x: &mut Ctx) -> Result<()> {
+    let (ka, kb) = (hex(KA), hex(KB));
     // REGISTER (A) and REGISTER AND IGNORE EXISTING KEY (B).
     x.out(A, &["-G", "-S", &ka], 0)?;
     x.out(B, &["-I", "-S", &kb], 0)?;
@@ -247,7 +271,11 @@ fn run(lun: &SharedLun, helper: &Helper, scratch: &Path) -> Result<()> {
     x.expect_state("after REGISTER AND IGNORE A 0xa2", &[0xa2, KB], None)?;
     x.out(A, &["-G", "-K", "0xa2", "-S", &ka], 0)?;
     x.expect_state("after REGISTER A 0xa2 -> KA", &[KA, KB], None)?;
+    Ok(())
+}
 
+fn every_type(x: &mut Ctx) -> Result<()> {
+    let (ka, kb) = (hex(KA), hex(KB));
     // Every reservation type: A reserves; B conflicts (except same-type
     // RESERVE for all-registrants types, where B is a holder too); the
     // fencing of C (unregistered) and B (registered) is what the type says.
@@ -331,7 +359,11 @@ fn run(lun: &SharedLun, helper: &Helper, scratch: &Path) -> Result<()> {
         }
         x.expect_state(&format!("{step}: after RELEASE by A"), &[KA, KB], None)?;
     }
+    Ok(())
+}
 
+fn preempt(x: &mut Ctx) -> Result<()> {
+    let (ka, kb) = (hex(KA), hex(KB));
     // PREEMPT: B takes A's Write Exclusive reservation, A's key goes; A gets
     // a unit attention. A wrong key conflicts.
     x.out(A, &["-R", "-K", &ka, "-T", "1"], 0)?;
@@ -349,7 +381,11 @@ fn run(lun: &SharedLun, helper: &Helper, scratch: &Path) -> Result<()> {
         x.write_conflicts(A)?,
         "A's WRITE went through B's reservation"
     );
+    Ok(())
+}
 
+fn preempt_and_abort(x: &mut Ctx) -> Result<()> {
+    let (ka, kb) = (hex(KA), hex(KB));
     // PREEMPT AND ABORT: only its rejection paths (an accepted one can
     // deadlock LIO on this kernel, see lab-facts): wrong key, and from an
     // unregistered initiator.
@@ -369,14 +405,22 @@ fn run(lun: &SharedLun, helper: &Helper, scratch: &Path) -> Result<()> {
         &[KA, KB],
         Some((KB, 1)),
     )?;
+    Ok(())
+}
 
+fn clear(x: &mut Ctx) -> Result<()> {
+    let kb = hex(KB);
     // CLEAR: wrong key conflicts; the right one drops everything and the
     // other registrant (A) gets a unit attention.
     x.out(B, &["-C", "-K", "0x77"], EXIT_RESERVATION_CONFLICT)?;
     x.out(B, &["-C", "-K", &kb], 0)?;
     x.expect_ua(A, "A after CLEAR")?;
     x.expect_state("after CLEAR", &[], None)?;
+    Ok(())
+}
 
+fn aptpl(x: &mut Ctx) -> Result<()> {
+    let ka = hex(KA);
     // APTPL: REPORT CAPABILITIES shows PTPL_A, and LIO wrote the state file.
     x.out(A, &["-G", "-Z", "-S", &ka], 0)?;
     let caps = x
@@ -398,7 +442,11 @@ fn run(lun: &SharedLun, helper: &Helper, scratch: &Path) -> Result<()> {
     x.expect_state_full("after REGISTER with APTPL", &[KA], None, true)?;
     x.out(A, &["-C", "-K", &ka], 0)?;
     x.expect_state("after CLEAR of the APTPL registration", &[], None)?;
+    Ok(())
+}
 
+fn all_tg_pt(x: &mut Ctx) -> Result<()> {
+    let ka = hex(KA);
     // ALL_TG_PT: the registration is for every target port (RTPI 0).
     x.out(A, &["-G", "-Y", "-S", &ka], 0)?;
     let fs = x.full_status()?;
@@ -408,7 +456,11 @@ fn run(lun: &SharedLun, helper: &Helper, scratch: &Path) -> Result<()> {
     );
     x.expect_state("after REGISTER with ALL_TG_PT", &[KA], None)?;
     x.out(A, &["-C", "-K", &ka], 0)?;
+    Ok(())
+}
 
+fn spec_i_pt(x: &mut Ctx) -> Result<()> {
+    let ka = hex(KA);
     // SPEC_I_PT: A registers itself and B (by B's SAS TransportID).
     let b_tid = x.wwn[B].clone();
     x.out(A, &["-G", "-S", &ka, "-X", &b_tid], 0)?;
@@ -430,7 +482,13 @@ fn run(lun: &SharedLun, helper: &Helper, scratch: &Path) -> Result<()> {
     )?;
     x.out(A, &["-C", "-K", &ka], 0)?;
     x.expect_ua(B, "B after CLEAR")?;
+    Ok(())
+}
 
+fn register_and_move(x: &mut Ctx) -> Result<()> {
+    let (ka, kb) = (hex(KA), hex(KB));
+    let b_tid = x.wwn[B].clone();
+    let b_sas = prh::sas_tid(&x.wwn[B])?;
     // REGISTER AND MOVE: A moves its reservation to B (unregistered), on B's
     // relative target port (learnt from B's own registration).
     x.out(B, &["-G", "-S", &kb], 0)?;

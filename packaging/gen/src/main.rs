@@ -34,7 +34,7 @@ fn pages() -> Vec<Page> {
             extra: include_str!("../../man/prhelper.8.roff"),
         },
         Page {
-            command: prhelper::client::cli::command(),
+            command: prhelper::client_cli::command(),
             section: "1",
             extra: include_str!("../../man/prhelper-client.1.roff"),
         },

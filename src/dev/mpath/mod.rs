@@ -23,9 +23,9 @@ use std::sync::Mutex;
 use nix::sys::stat::{fstat, major, makedev, minor, SFlag};
 use tracing::{debug, info, warn};
 
-use crate::dev::{Backend, Outcome, SgIo};
+use crate::dev::{verdict, Backend, Outcome, SgIo};
 use crate::proto::multipathd::{self as mpwire, Reply};
-use crate::scsi::sense::{self, Sense};
+use crate::scsi::sense::Sense;
 use crate::scsi::Status;
 use crate::sys::dm;
 use crate::sys::sgio::{self, Data};
@@ -285,7 +285,7 @@ impl Paths for MapPaths<'_> {
         let fd = match &self.open[i].fd {
             Ok(fd) => fd,
             Err(errno) => {
-                let v = sense::from_errno(*errno);
+                let v = verdict::from_errno(*errno);
                 let outcome = Outcome {
                     status: v.status,
                     sense: v.sense.map(Sense::fixed).unwrap_or_default(),
@@ -300,7 +300,7 @@ impl Paths for MapPaths<'_> {
         let mut sense_buf = [0u8; 96];
         let r = sgio::sg_io(fd.as_fd(), cdb, data, &mut sense_buf, self.timeout_ms);
         let class = route::classify(&r.outcome, &sense_buf);
-        let verdict = sense::interpret(&r.outcome);
+        let verdict = verdict::interpret(&r.outcome);
         let outcome = Outcome {
             status: verdict.status,
             sense: verdict.sense.map(Sense::fixed).unwrap_or(Sense(sense_buf)),

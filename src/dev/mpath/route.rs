@@ -6,13 +6,15 @@
 //! that would remove our own key from other paths (self-preempt) are followed by
 //! re-registering it there.
 
+use crate::dev::verdict;
 use crate::dev::Outcome;
 use crate::scsi::cdb::{self, PrInAction, PrOutAction};
 use crate::scsi::prin::ReadReservation;
 use crate::scsi::prout::{BasicParams, BASIC_LEN, SPEC_I_PT};
-use crate::scsi::sense::{self, SenseCode, SgOutcome};
+use crate::scsi::sense::{self, SenseCode};
 use crate::scsi::Status;
 use crate::sys::sgio::Data;
+use crate::sys::sgio::SgOutcome;
 
 /// How one path answered one command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,10 +39,10 @@ pub fn classify(o: &SgOutcome, sense_bytes: &[u8]) -> Class {
             Class::PathError
         };
     }
-    if o.host_status == sense::host::NEXUS_FAILURE {
+    if o.host_status == verdict::host::NEXUS_FAILURE {
         return Class::Conflict;
     }
-    if o.host_status != sense::host::OK || o.driver_status & sense::DRIVER_TIMEOUT_MASK != 0 {
+    if o.host_status != verdict::host::OK || o.driver_status & verdict::DRIVER_TIMEOUT_MASK != 0 {
         return Class::PathError;
     }
     match Status(o.status) {

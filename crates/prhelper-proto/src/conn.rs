@@ -10,19 +10,27 @@ use crate::scsi::{PERSISTENT_RESERVE_IN, PERSISTENT_RESERVE_OUT};
 
 /// Why a connection is closed. None of these gets a reply (the C helper sends none either).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProtoError {
+    /// The client's features word asks for features the helper does not have.
     #[error("client requested unsupported features {0:#010x}")]
     UnsupportedFeatures(u32),
+    /// The CDB came without a file descriptor.
     #[error("no file descriptor in request")]
     NoFd,
+    /// The CDB came with more than one file descriptor.
     #[error("more than one file descriptor in request")]
     TooManyFds,
+    /// A file descriptor came with the PR OUT parameter list instead of the CDB.
     #[error("file descriptor sent with PR OUT parameter data")]
     FdWithParameters,
+    /// The CDB's opcode is neither PERSISTENT RESERVE IN nor OUT.
     #[error("invalid CDB: opcode {0:#04x} is not PERSISTENT RESERVE IN/OUT")]
     BadOpcode(u8),
+    /// The CDB's transfer length is over [`crate::wire::MAX_DATA`].
     #[error("transfer length {0} exceeds the protocol's limit of 8192 bytes")]
     TooLong(usize),
+    /// End of file in the middle of a request.
     #[error("client closed the connection in the middle of a request")]
     Truncated,
 }
@@ -30,15 +38,27 @@ pub enum ProtoError {
 /// A complete request, ready to execute.
 #[derive(Debug)]
 pub struct Request<F> {
+    /// The CDB, as the client sent it (16 bytes).
     pub cdb: [u8; CDB_SIZE],
+    /// The device file descriptor that came with it.
     pub fd: F,
+    /// What else the request carries.
     pub kind: RequestKind,
 }
 
+/// PR IN or PR OUT, with what each needs.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RequestKind {
-    PrIn { alloc: AllocLen },
-    PrOut { params: Vec<u8> },
+    /// PERSISTENT RESERVE IN.
+    PrIn {
+        /// The allocation length: the most the reply may carry.
+        alloc: AllocLen,
+    },
+    /// PERSISTENT RESERVE OUT.
+    PrOut {
+        /// The parameter list (the CDB's parameter list length, as QEMU frames it).
+        params: Vec<u8>,
+    },
 }
 
 #[derive(Debug)]

@@ -1,4 +1,5 @@
 //! Sending and receiving bytes with file descriptors attached (SCM_RIGHTS).
+#![allow(unsafe_code)] // The one module of this crate that calls recvmsg/sendmsg.
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -56,10 +57,12 @@ impl FdPair {
         }
     }
 
+    /// How many fds arrived (0, 1 or 2).
     pub fn len(&self) -> usize {
         self.0.iter().flatten().count()
     }
 
+    /// Whether no fd arrived.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

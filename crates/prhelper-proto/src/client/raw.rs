@@ -10,8 +10,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{Error, Phase, Response};
-use crate::proto::wire::{ReplyHeader, REPLY_HEADER_SIZE};
-use crate::sys::fdpass;
+use crate::fdpass;
+use crate::wire::{ReplyHeader, REPLY_HEADER_SIZE};
 
 /// One connection to a helper, with no protocol state of its own.
 #[derive(Debug)]
@@ -39,14 +39,17 @@ impl RawConn {
         })
     }
 
+    /// Wrap a connected stream; no handshake is done.
     pub fn from_stream(stream: UnixStream) -> RawConn {
         RawConn { stream }
     }
 
+    /// The underlying stream.
     pub fn stream(&self) -> &UnixStream {
         &self.stream
     }
 
+    /// Give the stream back.
     pub fn into_stream(self) -> UnixStream {
         self.stream
     }
@@ -154,6 +157,24 @@ impl RawConn {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+/// Plain reads, for tests that take a reply apart themselves.
+impl Read for RawConn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.read(buf)
+    }
+}
+
+/// Plain writes without fds, for tests that send something malformed.
+impl Write for RawConn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

@@ -32,6 +32,7 @@ impl AllocLen {
         (usize::from(len) <= MAX_DATA).then_some(AllocLen(len))
     }
 
+    /// The length in bytes.
     pub fn get(self) -> usize {
         usize::from(self.0)
     }
@@ -72,10 +73,12 @@ impl<'a> Reply<'a> {
         }
     }
 
+    /// The reply's SCSI status.
     pub fn status(&self) -> Status {
         self.status
     }
 
+    /// The PR IN data that follows the header (empty for PR OUT).
     pub fn payload(&self) -> &'a [u8] {
         self.payload
     }
@@ -93,18 +96,29 @@ impl<'a> Reply<'a> {
 
 /// Reasons a client rejects a reply header.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ReplyError {
+    /// The status field is not a SCSI status byte (0..=255).
     #[error("helper replied with status {0}, which is not a SCSI status byte")]
     BadStatus(i32),
+    /// The size field is more than the request allows.
     #[error("helper announced {size} bytes of data where at most {max} are allowed")]
-    BadSize { size: u32, max: usize },
+    BadSize {
+        /// Bytes announced.
+        size: u32,
+        /// The most allowed (the allocation length for PR IN, 0 for PR OUT).
+        max: usize,
+    },
 }
 
 /// A decoded reply header, as a client sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplyHeader {
+    /// SCSI status.
     pub status: Status,
+    /// Bytes of PR IN data that follow.
     pub size: usize,
+    /// The 96-byte sense buffer.
     pub sense: Sense,
 }
 

@@ -6,13 +6,18 @@ use super::{PERSISTENT_RESERVE_IN, PERSISTENT_RESERVE_OUT};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum PrInAction {
+    /// READ KEYS: the generation and every registered key.
     ReadKeys = 0x00,
+    /// READ RESERVATION: the reservation holder's key, scope and type, if any.
     ReadReservation = 0x01,
+    /// REPORT CAPABILITIES: which types and options the device supports.
     ReportCapabilities = 0x02,
+    /// READ FULL STATUS: every registration with its I_T nexus and holder flag.
     ReadFullStatus = 0x03,
 }
 
 impl PrInAction {
+    /// Every service action, in code order.
     pub const ALL: [PrInAction; 4] = [
         PrInAction::ReadKeys,
         PrInAction::ReadReservation,
@@ -20,10 +25,12 @@ impl PrInAction {
         PrInAction::ReadFullStatus,
     ];
 
+    /// The variant with this code, if any.
     pub fn from_code(code: u8) -> Option<Self> {
         Self::ALL.into_iter().find(|a| *a as u8 == code)
     }
 
+    /// A lower-case name for logs ("read keys").
     pub fn name(self) -> &'static str {
         match self {
             PrInAction::ReadKeys => "read keys",
@@ -38,18 +45,28 @@ impl PrInAction {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum PrOutAction {
+    /// REGISTER: register, change or (with a zero key) remove this I_T nexus's key.
     Register = 0x00,
+    /// RESERVE: take the reservation with a registered key.
     Reserve = 0x01,
+    /// RELEASE: give up the reservation this I_T nexus holds.
     Release = 0x02,
+    /// CLEAR: remove the reservation and every registration.
     Clear = 0x03,
+    /// PREEMPT: remove another key's registrations (and its reservation).
     Preempt = 0x04,
+    /// PREEMPT AND ABORT: PREEMPT and abort the preempted nexuses' commands.
     PreemptAndAbort = 0x05,
+    /// REGISTER AND IGNORE EXISTING KEY: register whatever key is there now.
     RegisterAndIgnore = 0x06,
+    /// REGISTER AND MOVE: register another I_T nexus and move the reservation to it.
     RegisterAndMove = 0x07,
+    /// REPLACE LOST RESERVATION (SPC-5).
     ReplaceLostReservation = 0x08,
 }
 
 impl PrOutAction {
+    /// Every service action, in code order.
     pub const ALL: [PrOutAction; 9] = [
         PrOutAction::Register,
         PrOutAction::Reserve,
@@ -62,10 +79,12 @@ impl PrOutAction {
         PrOutAction::ReplaceLostReservation,
     ];
 
+    /// The variant with this code, if any.
     pub fn from_code(code: u8) -> Option<Self> {
         Self::ALL.into_iter().find(|a| *a as u8 == code)
     }
 
+    /// A lower-case name for logs ("register and ignore").
     pub fn name(self) -> &'static str {
         match self {
             PrOutAction::Register => "register",
@@ -85,15 +104,22 @@ impl PrOutAction {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum PrType {
+    /// Write Exclusive: only the holder writes.
     WriteExclusive = 0x1,
+    /// Exclusive Access: only the holder reads or writes.
     ExclusiveAccess = 0x3,
+    /// Write Exclusive – Registrants Only: registered nexuses write.
     WriteExclusiveRegistrantsOnly = 0x5,
+    /// Exclusive Access – Registrants Only: registered nexuses read and write.
     ExclusiveAccessRegistrantsOnly = 0x6,
+    /// Write Exclusive – All Registrants: every registrant holds the reservation.
     WriteExclusiveAllRegistrants = 0x7,
+    /// Exclusive Access – All Registrants: every registrant holds the reservation.
     ExclusiveAccessAllRegistrants = 0x8,
 }
 
 impl PrType {
+    /// Every type SPC-4 defines, in code order.
     pub const ALL: [PrType; 6] = [
         PrType::WriteExclusive,
         PrType::ExclusiveAccess,
@@ -103,11 +129,12 @@ impl PrType {
         PrType::ExclusiveAccessAllRegistrants,
     ];
 
+    /// The variant with this code, if any.
     pub fn from_code(code: u8) -> Option<Self> {
         Self::ALL.into_iter().find(|t| *t as u8 == code)
     }
 
-    /// The name sg_persist prints for this type.
+    /// The type's name, as sg_persist prints it ("Write Exclusive, registrants only").
     pub fn name(self) -> &'static str {
         match self {
             PrType::WriteExclusive => "Write Exclusive",
@@ -117,19 +144,6 @@ impl PrType {
             PrType::WriteExclusiveAllRegistrants => "Write Exclusive, all registrants",
             PrType::ExclusiveAccessAllRegistrants => "Exclusive Access, all registrants",
         }
-    }
-}
-
-/// Name of a raw type code, including the obsolete and reserved ones.
-pub fn pr_type_name(code: u8) -> &'static str {
-    match PrType::from_code(code) {
-        Some(t) => t.name(),
-        None => match code {
-            0x0 => "obsolete [0]",
-            0x2 => "obsolete [2]",
-            0x4 => "obsolete [4]",
-            _ => "reserved",
-        },
     }
 }
 
@@ -175,6 +189,7 @@ pub fn pr_out_length_mismatch(cdb: &[u8; 16]) -> bool {
 /// The fields of a PR IN/OUT CDB that the helper logs and routes on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CdbSummary {
+    /// Operation code (CDB byte 0).
     pub opcode: u8,
     /// Service action: CDB byte 1, low 5 bits.
     pub service_action: u8,
@@ -187,6 +202,7 @@ pub struct CdbSummary {
 }
 
 impl CdbSummary {
+    /// Read the fields from a 16-byte CDB (no validation).
     pub fn parse(cdb: &[u8; 16]) -> Self {
         CdbSummary {
             opcode: cdb[0],
@@ -298,7 +314,5 @@ mod tests {
         assert_eq!(PrInAction::from_code(4), None);
         assert_eq!(PrOutAction::from_code(9), None);
         assert_eq!(PrType::from_code(2), None);
-        assert_eq!(pr_type_name(2), "obsolete [2]");
-        assert_eq!(pr_type_name(9), "reserved");
     }
 }

@@ -9,7 +9,8 @@
 //! The encoders build canonical data: `decode(&x.encode()) == Ok(x)` for every `x` whose
 //! 4-bit fields (scope, type, ALLOW COMMANDS is 3 bits) are in range.
 
-use super::prout::TransportId;
+use super::transport_id::TransportId;
+use super::{be_u32, be_u64};
 
 /// Size of the READ KEYS / READ RESERVATION / READ FULL STATUS header.
 pub const HEADER_LEN: usize = 8;
@@ -22,19 +23,16 @@ pub const FULL_STATUS_DESC_LEN: usize = 24;
 
 /// Why PR IN data could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DecodeError {
+    /// The data ends before a field that must be there.
     #[error("PR IN data too short: {have} bytes, at least {need} needed")]
-    TooShort { need: usize, have: usize },
-}
-
-fn be_u32(b: &[u8]) -> u32 {
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
-}
-
-fn be_u64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_be_bytes(a)
+    TooShort {
+        /// Bytes needed.
+        need: usize,
+        /// Bytes present.
+        have: usize,
+    },
 }
 
 fn need(b: &[u8], n: usize) -> Result<(), DecodeError> {
@@ -74,7 +72,9 @@ pub fn declared_len(b: &[u8]) -> Option<u64> {
 /// READ KEYS data.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ReadKeys {
+    /// PRgeneration: bumped by the device on every registration change.
     pub generation: u32,
+    /// Every registered key, one per I_T nexus that registered it.
     pub keys: Vec<u64>,
 }
 
@@ -88,6 +88,7 @@ impl ReadKeys {
         })
     }
 
+    /// Encode as a device would send it (the decoder's inverse).
     pub fn encode(&self) -> Vec<u8> {
         with_header(
             self.generation,
@@ -99,6 +100,7 @@ impl ReadKeys {
 /// The reservation in READ RESERVATION data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reservation {
+    /// The holder's key.
     pub key: u64,
     /// SCOPE (byte 13 high nibble; 0 = LU_SCOPE).
     pub scope: u8,
@@ -109,6 +111,7 @@ pub struct Reservation {
 /// READ RESERVATION data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ReadReservation {
+    /// PRgeneration: bumped by the device on every registration change.
     pub generation: u32,
     /// `None` when the device holds no reservation (additional length 0).
     pub reservation: Option<Reservation>,
@@ -139,6 +142,7 @@ impl ReadReservation {
         })
     }
 
+    /// Encode as a device would send it (the decoder's inverse).
     pub fn encode(&self) -> Vec<u8> {
         let body = match self.reservation {
             None => Vec::new(),
@@ -227,6 +231,7 @@ impl Capabilities {
         })
     }
 
+    /// Encode as a device would send it (the decoder's inverse).
     pub fn encode(&self) -> Vec<u8> {
         let bit = |c: bool, v: u8| if c { v } else { 0 };
         let mut b = vec![0u8; CAPABILITIES_LEN];
@@ -250,6 +255,7 @@ impl Capabilities {
 /// One READ FULL STATUS descriptor.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StatusDescriptor {
+    /// The registered key.
     pub key: u64,
     /// ALL_TG_PT (byte 12, 0x02).
     pub all_tg_pt: bool,
@@ -275,7 +281,9 @@ impl StatusDescriptor {
 /// READ FULL STATUS data.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FullStatus {
+    /// PRgeneration: bumped by the device on every registration change.
     pub generation: u32,
+    /// One descriptor per registration.
     pub descriptors: Vec<StatusDescriptor>,
 }
 
@@ -308,6 +316,7 @@ impl FullStatus {
         })
     }
 
+    /// Encode as a device would send it (the decoder's inverse).
     pub fn encode(&self) -> Vec<u8> {
         let mut body = Vec::new();
         for d in &self.descriptors {

@@ -5,7 +5,7 @@
 //! use std::os::fd::AsFd;
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let disk = std::fs::File::open("/dev/sdb")?;
-//! let mut c = prhelper::client::Client::connect(prhelper::client::DEFAULT_SOCKET)?;
+//! let mut c = prhelper_proto::client::Client::connect(prhelper_proto::DEFAULT_SOCKET)?;
 //! let keys = c.read_keys(disk.as_fd())?;
 //! println!("generation {}, keys {:x?}", keys.generation, keys.keys);
 //! # Ok(()) }
@@ -18,7 +18,6 @@
 //! unusable (a reply may be half read), and every later call fails with
 //! [`Error::Broken`] until [`Client::reconnect`].
 
-pub mod cli;
 pub mod raw;
 
 use std::io;
@@ -27,16 +26,15 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::proto::wire::{pad_cdb, ReplyError, MAX_DATA};
-use crate::scsi::cdb::{self, PrInAction, PrOutAction};
+use crate::scsi::cdb::{self, PrInAction, PrOutAction, PrType};
 use crate::scsi::prin::{self, Capabilities, FullStatus, ReadKeys, ReadReservation};
 use crate::scsi::sense::{self, Sense};
 use crate::scsi::{Status, PERSISTENT_RESERVE_IN, PERSISTENT_RESERVE_OUT};
+use crate::wire::{pad_cdb, ReplyError, MAX_DATA};
 
 pub use raw::RawConn;
 
-/// qemu-pr-helper's default socket path.
-pub const DEFAULT_SOCKET: &str = "/var/run/qemu-pr-helper.sock";
+pub use crate::DEFAULT_SOCKET;
 
 /// Where in an exchange something went wrong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,9 +62,16 @@ impl std::fmt::Display for Phase {
 
 /// Client errors.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
+    /// The helper's socket could not be connected to.
     #[error("cannot connect to pr-helper socket {}: {source}", path.display())]
-    Connect { path: PathBuf, source: io::Error },
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// What `connect()` returned.
+        source: io::Error,
+    },
     /// The helper closed the connection. It does so, without a reply, when it rejects a
     /// request (bad opcode, no fd or several, transfer over 8192 bytes, unsupported
     /// features) or when it is shutting down.
@@ -76,10 +81,18 @@ pub enum Error {
     /// with a PR OUT or a non-GOOD status). QEMU aborts here; we report it.
     #[error("invalid reply from helper: {0}")]
     InvalidReply(#[from] ReplyError),
+    /// A read or write timeout set with [`Client::connect_with_timeouts`] or
+    /// [`Client::set_timeouts`] expired.
     #[error("timed out {0}")]
     Timeout(Phase),
+    /// Reading from or writing to the socket failed.
     #[error("I/O error {phase}: {source}")]
-    Io { phase: Phase, source: io::Error },
+    Io {
+        /// Where in the exchange.
+        phase: Phase,
+        /// The error.
+        source: io::Error,
+    },
     /// The request was refused before anything was sent (QEMU returns -EINVAL for these).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
@@ -88,7 +101,12 @@ pub enum Error {
     Broken,
     /// The command completed with a status other than GOOD (typed helpers only).
     #[error("{}", describe_failure(*status, sense))]
-    Scsi { status: Status, sense: Sense },
+    Scsi {
+        /// The status the device (or the helper) returned.
+        status: Status,
+        /// The sense buffer that came with it.
+        sense: Sense,
+    },
     /// GOOD status, but the PR IN data could not be decoded.
     #[error("malformed PR IN data: {0}")]
     Malformed(#[from] prin::DecodeError),
@@ -104,6 +122,7 @@ fn describe_failure(status: Status, sense: &Sense) -> String {
 /// A completed command: what the helper replied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Response {
+    /// SCSI status.
     pub status: Status,
     /// The helper's 96-byte sense buffer (meaningful with CHECK CONDITION).
     pub sense: Sense,
@@ -112,6 +131,7 @@ pub struct Response {
 }
 
 impl Response {
+    /// Whether the status is GOOD.
     pub fn is_good(&self) -> bool {
         self.status == Status::GOOD
     }
@@ -121,11 +141,6 @@ impl Response {
         (self.status == Status::CHECK_CONDITION)
             .then(|| sense::decode(&self.sense.0))
             .flatten()
-    }
-
-    /// The sg3_utils exit status (`SG_LIB_CAT_*`) for this outcome; 0 for GOOD.
-    pub fn category(&self) -> u8 {
-        category(self.status, &self.sense)
     }
 
     /// `Ok(self)` if GOOD, else [`Error::Scsi`].
@@ -138,68 +153,6 @@ impl Response {
                 sense: self.sense,
             })
         }
-    }
-}
-
-/// sg3_utils' `SG_LIB_*` exit statuses, as sg_persist returns them.
-pub mod sg_exit {
-    pub const CLEAN: u8 = 0;
-    pub const SYNTAX_ERROR: u8 = 1;
-    pub const NOT_READY: u8 = 2;
-    pub const MEDIUM_HARD: u8 = 3;
-    pub const ILLEGAL_REQ: u8 = 5;
-    pub const UNIT_ATTENTION: u8 = 6;
-    pub const DATA_PROTECT: u8 = 7;
-    pub const INVALID_OP: u8 = 9;
-    pub const COPY_ABORTED: u8 = 10;
-    pub const ABORTED_COMMAND: u8 = 11;
-    pub const MISCOMPARE: u8 = 14;
-    pub const FILE_ERROR: u8 = 15;
-    pub const NO_SENSE: u8 = 20;
-    pub const RECOVERED: u8 = 21;
-    pub const RES_CONFLICT: u8 = 24;
-    pub const CONDITION_MET: u8 = 25;
-    pub const BUSY: u8 = 26;
-    pub const TS_FULL: u8 = 27;
-    pub const ACA_ACTIVE: u8 = 28;
-    pub const TASK_ABORTED: u8 = 29;
-    pub const PROTECTION: u8 = 40;
-    pub const MALFORMED: u8 = 97;
-    pub const SENSE: u8 = 98;
-    pub const OTHER: u8 = 99;
-}
-
-/// Map a status and sense to sg3_utils' category (`sg_err_category_sense` plus the
-/// status-only categories), which sg_persist uses as its exit status.
-pub fn category(status: Status, sense: &Sense) -> u8 {
-    use sg_exit::*;
-    match status {
-        Status::GOOD => CLEAN,
-        Status::CHECK_CONDITION => match sense::decode(&sense.0) {
-            None => SENSE,
-            Some(d) => match (d.code.key, d.code.asc) {
-                (0x0, _) => NO_SENSE,
-                (0x1, _) => RECOVERED,
-                (0x2, _) => NOT_READY,
-                (0x3 | 0x4 | 0x8, _) => MEDIUM_HARD,
-                (0x5, 0x20) => INVALID_OP,
-                (0x5, _) => ILLEGAL_REQ,
-                (0x6, _) => UNIT_ATTENTION,
-                (0x7, _) => DATA_PROTECT,
-                (0xa, _) => COPY_ABORTED,
-                (0xb, 0x10) => PROTECTION,
-                (0xb, _) => ABORTED_COMMAND,
-                (0xe, _) => MISCOMPARE,
-                _ => SENSE,
-            },
-        },
-        Status::RESERVATION_CONFLICT => RES_CONFLICT,
-        Status::CONDITION_MET => CONDITION_MET,
-        Status::BUSY => BUSY,
-        Status::TASK_SET_FULL => TS_FULL,
-        Status::ACA_ACTIVE => ACA_ACTIVE,
-        Status::TASK_ABORTED => TASK_ABORTED,
-        _ => OTHER,
     }
 }
 
@@ -428,17 +381,21 @@ impl Client {
     }
 
     /// PERSISTENT RESERVE OUT with an encoded parameter list (see
-    /// [`crate::scsi::prout::BasicParams`] and [`crate::scsi::prout::RegisterMoveParams`]).
-    /// Non-GOOD (e.g. RESERVATION CONFLICT) is [`Error::Scsi`]; use [`Client::execute`] to
-    /// get the [`Response`] instead.
+    /// [`crate::scsi::prout::BasicParams`] and [`crate::scsi::prout::RegisterMoveParams`]),
+    /// logical-unit scope, and `pr_type` for the service actions that take one (RESERVE,
+    /// RELEASE, PREEMPT, PREEMPT AND ABORT, REGISTER AND MOVE; `None` sends type 0).
+    /// Non-GOOD (e.g. RESERVATION CONFLICT) is [`Error::Scsi`]; use [`Client::execute`]
+    /// with [`crate::scsi::cdb::pr_out`] for another scope, a raw type code, or to get the
+    /// [`Response`] instead.
     pub fn pr_out(
         &mut self,
         dev: BorrowedFd<'_>,
         action: PrOutAction,
-        scope: u8,
-        pr_type: u8,
+        pr_type: Option<PrType>,
         params: &[u8],
     ) -> Result<(), Error> {
+        let pr_type = pr_type.map_or(0, |t| t as u8);
+        let scope = cdb::LU_SCOPE;
         let len = u16::try_from(params.len())
             .ok()
             .filter(|&l| usize::from(l) <= MAX_DATA)
@@ -457,39 +414,6 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scsi::sense::SenseCode;
-
-    #[test]
-    fn categories_match_sg3_utils() {
-        let cc = |key, asc| {
-            category(
-                Status::CHECK_CONDITION,
-                &Sense::fixed(SenseCode { key, asc, ascq: 0 }),
-            )
-        };
-        assert_eq!(cc(0x5, 0x24), 5);
-        assert_eq!(cc(0x5, 0x20), 9);
-        assert_eq!(cc(0x5, 0x26), 5);
-        assert_eq!(cc(0x6, 0x29), 6);
-        assert_eq!(cc(0x2, 0x04), 2);
-        assert_eq!(cc(0x3, 0x11), 3);
-        assert_eq!(cc(0x4, 0x44), 3);
-        assert_eq!(cc(0x8, 0), 3);
-        assert_eq!(cc(0xb, 0x10), 40);
-        assert_eq!(cc(0xb, 0x08), 11);
-        assert_eq!(cc(0x9, 0), 98);
-        assert_eq!(cc(0xd, 0), 98);
-        assert_eq!(cc(0x0, 0), 20);
-        assert_eq!(category(Status::CHECK_CONDITION, &Sense::default()), 98);
-        assert_eq!(category(Status::GOOD, &Sense::default()), 0);
-        assert_eq!(
-            category(Status::RESERVATION_CONFLICT, &Sense::default()),
-            24
-        );
-        assert_eq!(category(Status::BUSY, &Sense::default()), 26);
-        assert_eq!(category(Status::TASK_SET_FULL, &Sense::default()), 27);
-        assert_eq!(category(Status(0x22), &Sense::default()), 99);
-    }
 
     #[test]
     fn request_validation_sends_nothing() {

@@ -1,86 +1,12 @@
-//! Sense data: the helper's 96-byte sense buffer, the fixed-format sense it builds itself,
-//! the mapping from SG_IO outcomes to SCSI status and sense (as QEMU 6.0+ does, with one
-//! deliberate fix), and decoding for display.
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//! What an SG_IO call's result means: the errno, host status and driver status the
+//! kernel reports beside the device's own status byte, mapped to the SCSI status and
+//! (locally built) sense a client sees, the way QEMU 6.0+ maps them. Pure code; it belongs
+//! with device access because only SG_IO produces these values.
 
-use super::Status;
-
-/// Size of the sense buffer in every helper reply.
-pub const SENSE_SIZE: usize = 96;
-
-/// A sense key with its additional sense code and qualifier.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SenseCode {
-    pub key: u8,
-    pub asc: u8,
-    pub ascq: u8,
-}
-
-macro_rules! codes {
-    ($($name:ident = $key:literal / $asc:literal / $ascq:literal;)*) => {
-        impl SenseCode {
-            $(pub const $name: SenseCode = SenseCode { key: $key, asc: $asc, ascq: $ascq };)*
-        }
-    };
-}
-
-// The codes QEMU's scsi/utils.c builds locally (same key/ASC/ASCQ values).
-codes! {
-    NO_SENSE = 0x00 / 0x00 / 0x00;
-    NOT_READY = 0x02 / 0x04 / 0x00;
-    NO_MEDIUM = 0x02 / 0x3a / 0x00;
-    READ_ERROR = 0x03 / 0x11 / 0x00;
-    TARGET_FAILURE = 0x04 / 0x44 / 0x00;
-    INVALID_OPCODE = 0x05 / 0x20 / 0x00;
-    INVALID_FIELD = 0x05 / 0x24 / 0x00;
-    INVALID_PARAM = 0x05 / 0x26 / 0x00;
-    INVALID_PARAM_LEN = 0x05 / 0x1a / 0x00;
-    INVALID_RELEASE = 0x05 / 0x26 / 0x04;
-    RESET = 0x06 / 0x29 / 0x00;
-    SPACE_ALLOC_FAILED = 0x07 / 0x27 / 0x07;
-    IO_ERROR = 0x0b / 0x00 / 0x06;
-    I_T_NEXUS_LOSS = 0x0b / 0x29 / 0x07;
-    LUN_COMM_FAILURE = 0x0b / 0x08 / 0x00;
-    LUN_NOT_RESPONDING = 0x0b / 0x05 / 0x00;
-    COMMAND_TIMEOUT = 0x0b / 0x2e / 0x02;
-    COMMAND_ABORTED = 0x0b / 0x2f / 0x02;
-}
-
-/// The 96-byte sense area of a reply. Always fully initialised (zeroes past the sense data).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Sense(pub [u8; SENSE_SIZE]);
-
-impl Default for Sense {
-    fn default() -> Self {
-        Sense([0; SENSE_SIZE])
-    }
-}
-
-impl std::fmt::Debug for Sense {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match decode(&self.0) {
-            Some(d) => write!(f, "Sense({d})"),
-            None => f.write_str("Sense(none)"),
-        }
-    }
-}
-
-impl Sense {
-    /// Fixed-format (0x70) current sense, 18 bytes long, as QEMU's `scsi_build_sense` makes it.
-    pub fn fixed(code: SenseCode) -> Sense {
-        let mut s = [0u8; SENSE_SIZE];
-        s[0] = 0x70;
-        s[2] = code.key;
-        s[7] = 10;
-        s[12] = code.asc;
-        s[13] = code.ascq;
-        Sense(s)
-    }
-
-    /// The decoded sense key/ASC/ASCQ, if the buffer holds sense data.
-    pub fn code(&self) -> Option<SenseCode> {
-        decode(&self.0).map(|d| d.code)
-    }
-}
+use crate::scsi::sense::SenseCode;
+use crate::scsi::Status;
+use crate::sys::sgio::SgOutcome;
 
 /// Host status values from the SCSI midlayer (`DID_*`).
 pub mod host {
@@ -172,16 +98,6 @@ pub fn from_host_status(host_status: u16) -> Verdict {
     }
 }
 
-/// What an SG_IO call returned, before interpretation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct SgOutcome {
-    /// errno if the ioctl itself failed.
-    pub errno: Option<i32>,
-    pub status: u8,
-    pub host_status: u16,
-    pub driver_status: u16,
-}
-
 /// Interpret an SG_IO outcome the way QEMU 6.0+ does: errno first, then host status, then
 /// a driver timeout (BUSY), then the device's own status byte (whose sense, if any, is
 /// already in the buffer). Returns the status and, when the helper must build the sense
@@ -199,132 +115,9 @@ pub fn interpret(o: &SgOutcome) -> Verdict {
     Verdict::plain(Status(o.status))
 }
 
-/// Decoded sense data, fixed (0x70/0x71) or descriptor (0x72/0x73) format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Decoded {
-    pub code: SenseCode,
-    pub deferred: bool,
-    pub descriptor: bool,
-}
-
-impl std::fmt::Display for Decoded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}{}: {} (asc={:#04x}, ascq={:#04x})",
-            if self.deferred { "Deferred " } else { "" },
-            key_name(self.code.key),
-            asc_name(self.code.asc, self.code.ascq),
-            self.code.asc,
-            self.code.ascq
-        )
-    }
-}
-
-/// Decode sense bytes. Returns `None` when there is no valid sense (e.g. all zeroes).
-pub fn decode(bytes: &[u8]) -> Option<Decoded> {
-    let b0 = *bytes.first()? & 0x7f;
-    match b0 {
-        0x70 | 0x71 => {
-            let key = *bytes.get(2)? & 0x0f;
-            let asc = bytes.get(12).copied().unwrap_or(0);
-            let ascq = bytes.get(13).copied().unwrap_or(0);
-            Some(Decoded {
-                code: SenseCode { key, asc, ascq },
-                deferred: b0 == 0x71,
-                descriptor: false,
-            })
-        }
-        0x72 | 0x73 => {
-            let key = *bytes.get(1)? & 0x0f;
-            let asc = bytes.get(2).copied().unwrap_or(0);
-            let ascq = bytes.get(3).copied().unwrap_or(0);
-            Some(Decoded {
-                code: SenseCode { key, asc, ascq },
-                deferred: b0 == 0x73,
-                descriptor: true,
-            })
-        }
-        _ => None,
-    }
-}
-
-/// Sense key names (SPC-4 table 45).
-pub fn key_name(key: u8) -> &'static str {
-    const NAMES: [&str; 16] = [
-        "No Sense",
-        "Recovered Error",
-        "Not Ready",
-        "Medium Error",
-        "Hardware Error",
-        "Illegal Request",
-        "Unit Attention",
-        "Data Protect",
-        "Blank Check",
-        "Vendor Specific",
-        "Copy Aborted",
-        "Aborted Command",
-        "Equal",
-        "Volume Overflow",
-        "Miscompare",
-        "Completed",
-    ];
-    NAMES[usize::from(key & 0x0f)]
-}
-
-/// Names for the additional sense codes a PR command can meet.
-pub fn asc_name(asc: u8, ascq: u8) -> &'static str {
-    match (asc, ascq) {
-        (0x00, 0x00) => "No additional sense information",
-        (0x00, 0x06) => "I/O process terminated",
-        (0x04, 0x00) => "Logical unit not ready, cause not reportable",
-        (0x04, 0x03) => "Logical unit not ready, manual intervention required",
-        (0x05, 0x00) => "Logical unit does not respond to selection",
-        (0x08, 0x00) => "Logical unit communication failure",
-        (0x11, 0x00) => "Unrecovered read error",
-        (0x1a, 0x00) => "Parameter list length error",
-        (0x20, 0x00) => "Invalid command operation code",
-        (0x24, 0x00) => "Invalid field in cdb",
-        (0x25, 0x00) => "Logical unit not supported",
-        (0x26, 0x00) => "Invalid field in parameter list",
-        (0x26, 0x01) => "Parameter not supported",
-        (0x26, 0x02) => "Parameter value invalid",
-        (0x26, 0x04) => "Invalid release of persistent reservation",
-        (0x27, 0x00) => "Write protected",
-        (0x27, 0x07) => "Space allocation failed write protect",
-        (0x29, 0x00) => "Power on, reset, or bus device reset occurred",
-        (0x29, 0x02) => "SCSI bus reset occurred",
-        (0x29, 0x07) => "I_T nexus loss occurred",
-        (0x2a, 0x03) => "Reservations preempted",
-        (0x2a, 0x04) => "Reservations released",
-        (0x2a, 0x05) => "Registrations preempted",
-        (0x2e, 0x02) => "Command timeout during processing",
-        (0x2f, 0x02) => "Commands cleared by device server",
-        (0x3a, 0x00) => "Medium not present",
-        (0x3e, 0x01) => "Logical unit failure",
-        (0x44, 0x00) => "Internal target failure",
-        (0x55, 0x02) => "Insufficient reservation resources",
-        (0x55, 0x04) => "Insufficient registration resources",
-        _ => "Unknown additional sense code",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fixed_sense_bytes() {
-        let s = Sense::fixed(SenseCode::INVALID_OPCODE);
-        let mut want = [0u8; 96];
-        want[0] = 0x70;
-        want[2] = 0x05;
-        want[7] = 0x0a;
-        want[12] = 0x20;
-        assert_eq!(s.0, want);
-        assert_eq!(s.code(), Some(SenseCode::INVALID_OPCODE));
-        assert_eq!(Sense::default().code(), None);
-    }
 
     #[test]
     fn errno_table_matches_qemu() {
@@ -467,36 +260,5 @@ mod tests {
             driver_status: 0,
         };
         assert_eq!(interpret(&o), Verdict::plain(Status::RESERVATION_CONFLICT));
-    }
-
-    #[test]
-    fn decode_formats() {
-        let fixed = Sense::fixed(SenseCode {
-            key: 6,
-            asc: 0x2a,
-            ascq: 0x05,
-        });
-        let d = decode(&fixed.0).unwrap();
-        assert_eq!(
-            d.code,
-            SenseCode {
-                key: 6,
-                asc: 0x2a,
-                ascq: 5
-            }
-        );
-        assert!(!d.descriptor);
-        assert_eq!(
-            d.to_string(),
-            "Unit Attention: Registrations preempted (asc=0x2a, ascq=0x05)"
-        );
-        let desc = [0x72, 0x05, 0x24, 0x00, 0, 0, 0, 0];
-        let d = decode(&desc).unwrap();
-        assert!(d.descriptor);
-        assert_eq!(d.code, SenseCode::INVALID_FIELD);
-        assert!(decode(&[0x71, 0, 0x03]).unwrap().deferred);
-        assert_eq!(decode(&[]), None);
-        assert_eq!(decode(&[0x70]), None);
-        assert_eq!(decode(&[0x00; 18]), None);
     }
 }

@@ -1,14 +1,16 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
-//! `prhelper-client`'s command line (clap). In the library so that the man page and
-//! shell completions (packaging/gen) are generated from the same definition.
+//! `prhelper-client`'s command line (clap). In the crate's library, not in the binary,
+//! so that the man page and shell completions (packaging/gen) are generated from the same
+//! definition. Not part of `prhelper-proto`: the protocol library has no CLI concerns.
 
 use std::path::PathBuf;
 
 use clap::{CommandFactory, Parser};
 
-use super::{sg_exit, DEFAULT_SOCKET};
+use crate::client::DEFAULT_SOCKET;
 use crate::proto::wire::MAX_DATA;
 use crate::scsi::prout::TransportId;
+use crate::sg3::sg_exit;
 
 /// Could not open DEVICE, connect to SOCKET, or talk to the helper (I/O error, timeout).
 pub const EXIT_CONNECTION: u8 = sg_exit::FILE_ERROR;
