@@ -3,8 +3,8 @@
 //! starts confined (seccomp filter mode, no_new_privs, no capabilities, four fds), passes
 //! connected sockets back through a restart of the listener, reports ECONNREFUSED while
 //! nothing listens, and exits when its daemon side is dropped. (One test per process: it
-//! sets MULTIPATH_SOCKET_NAME; the test harness has threads, but the connector's child
-//! only uses malloc, which glibc's fork keeps usable.)
+//! sets MULTIPATH_SOCKET_NAME. No test harness: the connector is forked, and
+//! `fork_single_threaded` refuses to fork while the harness's threads exist.)
 
 use std::io::{Read, Write};
 use std::os::linux::net::SocketAddrExt;
@@ -51,7 +51,11 @@ fn status(pid: i32, field: &str) -> Option<String> {
         .map(|v| v.trim().to_string())
 }
 
-#[test]
+fn main() {
+    connector_dials_for_the_daemon();
+    println!("test connector_dials_for_the_daemon ... ok");
+}
+
 fn connector_dials_for_the_daemon() {
     let name = format!("prhelper-test-connector-{}", std::process::id());
     std::env::set_var("MULTIPATH_SOCKET_NAME", format!("@{name}"));
