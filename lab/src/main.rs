@@ -84,19 +84,14 @@ const CASES: &[Case] = &[
         cases::multipath::multipath_multipathd,
     ),
     case(
-        "nested_qemu_c_helper",
-        "nested QEMU guest's sg_persist through Debian's C qemu-pr-helper reaches LIO",
-        cases::nested::nested_qemu_c_helper,
-    ),
-    case(
         "nested_qemu_prhelper",
-        "nested QEMU through prhelper, which is restarted mid-run: QEMU reconnects",
+        "nested QEMU: scsi-block through prhelper and through the C helper, scsi-generic through prhelper; prhelper restarted mid-run, QEMU reconnects",
         cases::nested::nested_qemu_prhelper,
     ),
     case(
-        "multipath_nested_qemu",
-        "nested QEMU guest on a multipath map through prhelper: its REGISTER and RESERVE reach both paths",
-        cases::multipath::multipath_nested_qemu,
+        "libvirt_qemu",
+        "libvirtd 9.0 runs prhelper: managed (LUN, /dev/mapper and /dev/dm-N maps), unmanaged, kill -9, two domains, destroy",
+        cases::libvirt::libvirt_qemu,
     ),
     Case {
         hidden: true,

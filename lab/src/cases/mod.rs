@@ -6,6 +6,7 @@ pub mod abuse;
 pub mod capture;
 pub mod client_actions;
 pub mod differential;
+pub mod libvirt;
 pub mod lio;
 pub mod mpath_fixture;
 pub mod multipath;
