@@ -155,8 +155,8 @@ fn keys_through(socket: &Path, dev: &Path) -> Result<Vec<u64>> {
 }
 
 /// The guest: on each of the four disks REGISTER + READ KEYS, a RESERVE on the map,
-/// then wait for the outer VM (helper killed and restarted), then READ KEYS and a key
-/// change on each disk.
+/// then wait for the outer VM (helper killed and restarted), then READ KEYS, a key
+/// change on each disk, READ KEYS on the `/dev/dm-N` map.
 fn guest_script() -> String {
     format!(
         "set -x\n\
@@ -171,11 +171,11 @@ fn guest_script() -> String {
          for _ in $(seq 2400); do [ -e /tmp/sig/go ] && break; sleep 0.5; done\n\
          [ -e /tmp/sig/go ] || exit 14\n\
          echo '@@ helper restarted; PR commands again'\n\
+         sg_persist --in --read-keys $P || exit 15\n\
          for d in $P $M $N $U; do\n\
-         \x20   sg_persist --in --read-keys $d || exit 15\n\
          \x20   sg_persist --out --register --param-rk=0x{KEY:x} --param-sark=0x{KEY2:x} $d || exit 16\n\
-         \x20   sg_persist --in --read-keys $d || exit 17\n\
-         done\n"
+         done\n\
+         sg_persist --in --read-keys $N || exit 17\n"
     )
 }
 

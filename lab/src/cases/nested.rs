@@ -50,11 +50,11 @@ pub fn nested_qemu_prhelper() -> Result<()> {
          for _ in $(seq 1200); do [ -e /tmp/sig/go ] && break; sleep 0.5; done\n\
          [ -e /tmp/sig/go ] || exit 14\n\
          echo '@@ helper restarted; PR commands again'\n\
+         sg_persist --in --read-keys $P || exit 15\n\
          for d in $P $G; do\n\
-         \x20   sg_persist --in --read-keys $d || exit 15\n\
          \x20   sg_persist --out --register --param-rk=0x{KEY:x} --param-sark=0x{KEY2:x} $d || exit 16\n\
-         \x20   sg_persist --in --read-keys $d || exit 17\n\
-         done\n"
+         done\n\
+         sg_persist --in --read-keys $G || exit 17\n"
     );
     let mut guest = NestedGuest::new(&script)
         .with_pr_helper(&sock)
