@@ -353,22 +353,36 @@ pub fn libvirt_qemu() -> Result<()> {
         fail("the system helper logged no REGISTER".into())
     );
 
-    // kill -9: libvirt starts a new helper on the same socket.
-    let t = Instant::now();
+    // kill -9. libvirt restarts the helper when QEMU reports the pr-manager
+    // disconnected, i.e. on the guest's next PR command (QEMU then retries for a few
+    // seconds): let the guest go on, and wait for the new helper on the same socket.
     // SAFETY: kill(2) on the helper libvirt started for our domain.
     unsafe { libc::kill(h1 as libc::pid_t, libc::SIGKILL) };
-    let (h1b, sock1b) = wait_for(
-        "libvirt to restart the helper",
-        Duration::from_secs(30),
-        || Ok(helper_of(&bin, &ours, &one.name).filter(|(p, _)| *p != h1)),
-    )
+    wait_for("the killed helper to go", Duration::from_secs(10), || {
+        Ok((!alive(h1)
+            || std::fs::read_to_string(format!("/proc/{h1}/stat"))
+                .is_ok_and(|s| s.contains(") Z ")))
+        .then_some(()))
+    })
+    .map_err(fail)?;
+    std::fs::write(sig.join("go"), "go").map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    let (h1b, sock1b) = wait_for("libvirt to restart the helper", timeout, || {
+        if !lv.exists(&one.name) {
+            bail!("lab-one ended before libvirt restarted its helper");
+        }
+        let h = helper_of(&bin, &ours, &one.name).filter(|(p, _)| *p != h1);
+        if h.is_none() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(h)
+    })
     .map_err(fail)?;
     println!(
-        "  helper {h1} killed; libvirt started {h1b} after {:.2}s",
+        "  helper {h1} killed; libvirt started {h1b} {:.1}s after the guest was told to go on",
         t.elapsed().as_secs_f64()
     );
     ensure!(sock1b == sock1, "restarted helper on {}", sock1b.display());
-    std::fs::write(sig.join("go"), "go").map_err(|e| e.to_string())?;
 
     // Phase 2; the guest powers off, the transient domain goes away with its helper.
     let t = Instant::now();
