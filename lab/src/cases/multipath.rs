@@ -10,10 +10,8 @@
 //! - `multipath_multipathd`: Debian's multipathd builds the map; prhelper tells it the
 //!   key, a path that was down comes back and multipathd registers it; the same
 //!   sequence through Debian's `mpathpersist` on the same map, compared.
-//!
-//! A nested guest on a multipath map is `libvirt_qemu` (cases/libvirt.rs): its
-//! `/dev/mapper` disk carries what `multipath_nested_qemu` asserted (REGISTER on both
-//! paths, the guest's RESERVE held), in the same boot as the other libvirt checks.
+//! - `multipath_nested_qemu`: a nested guest's sg_persist through QEMU and prhelper on a
+//!   multipath map registers both paths.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -881,5 +879,31 @@ pub fn multipath_multipathd() -> Result<()> {
         );
     }
     drop(mpd);
+    Ok(())
+}
+
+/// A nested QEMU guest on a multipath map: its REGISTER reaches both paths.
+pub fn multipath_nested_qemu() -> Result<()> {
+    const KEY: u64 = 0xabc;
+    let lun = mpath::shared_lun("mpn", 64 << 20, 3)?;
+    let map = Map::create("mpn", &lun, &[0, 1])?;
+    let scratch = scratch_dir("multipath-nested")?;
+    let helper = prh::start_prhelper(&scratch.join("pr.sock"), &[])?;
+    let script = format!(
+        "set -x\n\
+         sg_persist --out --register --param-sark=0x{KEY:x} \"$LAB_DISK\" || exit 10\n\
+         sg_persist --in --read-keys \"$LAB_DISK\" || exit 11\n\
+         sg_persist --out --reserve --param-rk=0x{KEY:x} --prout-type=5 \"$LAB_DISK\" || exit 12\n"
+    );
+    super::nested::run_guest(&script, &helper, map.dev())?;
+    let regs = expect_legs(&lun, KEY, &[0, 1], "after the guest's REGISTER")?;
+    ensure!(
+        holder(&lun, &regs).is_some_and(|(_, k, t)| k == KEY && t.contains("registrants only")),
+        "guest's reservation: {}",
+        show(&regs, &lun)
+    );
+    let status = helper.stop()?;
+    ensure!(status.success(), "prhelper exit: {status}");
+    drop(map);
     Ok(())
 }

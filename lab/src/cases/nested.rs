@@ -4,11 +4,33 @@
 
 use prhelper_lab::helper::{Helper, C_HELPER};
 use prhelper_lab::lio::SharedLun;
-use prhelper_lab::nested::{tail, NestedGuest, Passthrough};
+use prhelper_lab::nested::{tail, NestedGuest, NestedOutcome, Passthrough};
 use prhelper_lab::prh;
 use prhelper_lab::util::{expect_contains, scratch_dir};
 use prhelper_lab::{bail, ensure, sg, Result};
 use std::path::Path;
+
+/// Boot a nested guest running `script` on `disk` through `helper`; fail (with the
+/// console's tail and the helper's log) unless the script exits 0.
+pub fn run_guest(script: &str, helper: &Helper, disk: &Path) -> Result<NestedOutcome> {
+    let outcome = NestedGuest::new(script)
+        .with_pr_helper(helper.socket())
+        .with_disk(disk)
+        .run()
+        .map_err(|e| format!("{e}\nhelper log:\n{}", helper.log_text()))?;
+    println!(
+        "  nested guest ran for {:.1}s",
+        outcome.duration.as_secs_f64()
+    );
+    ensure!(
+        outcome.status == 0,
+        "nested script exited {}; console tail:\n{}\nhelper log:\n{}",
+        outcome.status,
+        tail(&outcome.console, 30),
+        helper.log_text()
+    );
+    Ok(outcome)
+}
 
 /// Three disks, two helpers, one nested boot:
 /// - target 0: `scsi-block` through prhelper (default seccomp filter, `-v`);
