@@ -11,6 +11,7 @@
 //! multipathd ([`mpath`]).
 
 pub mod helper;
+pub mod libvirt;
 pub mod lio;
 pub mod mpath;
 pub mod nested;

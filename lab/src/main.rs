@@ -104,13 +104,8 @@ const CASES: &[Case] = &[
         cases::cluster::cluster_validation,
     ),
     case(
-        "nested_qemu_c_helper",
-        "nested QEMU guest's sg_persist through Debian's C qemu-pr-helper reaches LIO",
-        cases::nested::nested_qemu_c_helper,
-    ),
-    case(
         "nested_qemu_prhelper",
-        "nested QEMU through prhelper, which is restarted mid-run: QEMU reconnects",
+        "nested QEMU: scsi-block through prhelper and through the C helper, scsi-generic through prhelper; prhelper restarted mid-run, QEMU reconnects",
         cases::nested::nested_qemu_prhelper,
     ),
     case(
@@ -128,6 +123,15 @@ const CASES: &[Case] = &[
         "the OCI image under podman as KubeVirt runs it: plain LUN and multipathd map through the socket, uid 107, restarts",
         cases::kubevirt::kubevirt_pr_helper,
     ),
+    // Hidden until its phase 2 (after kill -9) is proven: see lab/README.md.
+    Case {
+        hidden: true,
+        ..case(
+            "libvirt_qemu",
+            "libvirtd 9.0 runs prhelper: managed (LUN, /dev/mapper and /dev/dm-N maps), unmanaged, kill -9, two domains, destroy",
+            cases::libvirt::libvirt_qemu,
+        )
+    },
     Case {
         hidden: true,
         ..case(

@@ -6,9 +6,11 @@
 //! `lab.nested=1`, mounts the outer VM's root (the host root plus the outer
 //! VM's /tmp etc.) from the 9p share that the nested QEMU exports, and runs a
 //! bash script chrooted into it, exactly as in the outer VM. Each given disk
-//! is attached with `scsi-block` on a virtio-scsi controller, through
-//! `pr-manager-helper` when a helper socket is given, so that PERSISTENT
-//! RESERVE IN/OUT in the guest goes guest → QEMU → helper → LIO.
+//! is attached with `scsi-block` (a block device) or `scsi-generic` (a
+//! `/dev/sgN`) on a virtio-scsi controller at SCSI id = its index, through
+//! `pr-manager-helper` when a helper socket is given (one object per distinct
+//! socket: disks may use different helpers), so that PERSISTENT RESERVE IN/OUT
+//! in the guest goes guest → QEMU → helper → LIO.
 //!
 //! Under TCG-in-TCG a nested boot takes a minute or two: give it a generous
 //! timeout.
@@ -40,8 +42,8 @@ pub struct NestedGuest {
     /// Socket of the PR helper for `pr-manager-helper` (none: no PR manager,
     /// QEMU then passes PR commands straight to the device).
     pub pr_helper_socket: Option<PathBuf>,
-    /// Host block devices to attach as `scsi-block` disks, in order.
-    pub disks: Vec<PathBuf>,
+    /// Host devices to attach, in order (SCSI id = index).
+    pub disks: Vec<NestedDisk>,
     /// The bash script body to run inside the guest. `$LAB_DISK` names the
     /// guest's first SCSI disk (e.g. `/dev/sda`); PATH is set.
     pub script: String,
@@ -50,6 +52,38 @@ pub struct NestedGuest {
     /// Copy the nested console to our stdout as it arrives.
     pub echo_console: bool,
 }
+
+/// QEMU's SCSI passthrough device for a disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Passthrough {
+    /// `scsi-block` on a block device (`/dev/sdX`, `/dev/dm-N`).
+    Block,
+    /// `scsi-generic` on a `/dev/sgN`.
+    Generic,
+}
+
+/// One disk of a nested guest.
+#[derive(Debug, Clone)]
+pub struct NestedDisk {
+    pub dev: PathBuf,
+    pub kind: Passthrough,
+    /// This disk's PR helper socket; `None`: the guest's
+    /// [`NestedGuest::pr_helper_socket`].
+    pub pr_helper: Option<PathBuf>,
+}
+
+/// A bash function for guest scripts: `disk T` prints the guest's `/dev/sdX` at SCSI
+/// target T (waiting up to a minute for it to appear).
+pub const DISK_FN: &str = r#"disk() {
+    for _ in $(seq 600); do
+        for b in /sys/bus/scsi/devices/*:0:$1:0/block/*; do
+            [ -e "$b" ] && [ -e "/dev/${b##*/}" ] && { echo "/dev/${b##*/}"; return 0; }
+        done
+        sleep 0.1
+    done
+    return 1
+}
+"#;
 
 /// How a nested guest ended.
 #[derive(Debug, Clone)]
@@ -107,7 +141,21 @@ impl NestedGuest {
 
     /// Attach host block device `dev` (e.g. `/dev/sdb`) as a scsi-block disk.
     pub fn with_disk(mut self, dev: &Path) -> NestedGuest {
-        self.disks.push(dev.to_path_buf());
+        self.disks.push(NestedDisk {
+            dev: dev.to_path_buf(),
+            kind: Passthrough::Block,
+            pr_helper: None,
+        });
+        self
+    }
+
+    /// Attach `dev` as `kind`, its PR commands through the helper on `pr_helper`.
+    pub fn with_disk_on(mut self, dev: &Path, kind: Passthrough, pr_helper: &Path) -> NestedGuest {
+        self.disks.push(NestedDisk {
+            dev: dev.to_path_buf(),
+            kind,
+            pr_helper: Some(pr_helper.to_path_buf()),
+        });
         self
     }
 
@@ -234,6 +282,7 @@ impl NestedGuest {
                  done\n\
                  export LAB_DISK=/dev/$LAB_DISK\n",
             );
+            s.push_str(DISK_FN);
         }
         s.push_str(&self.script);
         s.push('\n');
@@ -275,22 +324,45 @@ impl NestedGuest {
             "virtio-9p-pci,fsdev=h,mount_tag=host".into(),
         ]);
         if !self.disks.is_empty() {
-            let mut pr = String::new();
-            if let Some(sock) = &self.pr_helper_socket {
+            // One pr-manager-helper object per distinct socket.
+            let mut sockets: Vec<&PathBuf> = Vec::new();
+            for d in &self.disks {
+                if let Some(sock) = d.pr_helper.as_ref().or(self.pr_helper_socket.as_ref()) {
+                    if !sockets.contains(&sock) {
+                        sockets.push(sock);
+                    }
+                }
+            }
+            for (k, sock) in sockets.iter().enumerate() {
                 a.push("-object".into());
-                a.push(format!("pr-manager-helper,id=pr0,path={}", sock.display()));
-                pr = ",file.pr-manager=pr0".into();
+                a.push(format!(
+                    "pr-manager-helper,id=pr{k},path={}",
+                    sock.display()
+                ));
             }
             a.push("-device".into());
             a.push("virtio-scsi-pci,id=scsi0".into());
             for (i, disk) in self.disks.iter().enumerate() {
+                let pr = disk
+                    .pr_helper
+                    .as_ref()
+                    .or(self.pr_helper_socket.as_ref())
+                    .and_then(|s| sockets.iter().position(|x| *x == s))
+                    .map(|k| format!(",file.pr-manager=pr{k}"))
+                    .unwrap_or_default();
                 a.push("-blockdev".into());
                 a.push(format!(
                     "node-name=hd{i},driver=raw,file.driver=host_device,file.filename={}{pr}",
-                    disk.display()
+                    disk.dev.display()
                 ));
+                let device = match disk.kind {
+                    Passthrough::Block => "scsi-block",
+                    Passthrough::Generic => "scsi-generic",
+                };
                 a.push("-device".into());
-                a.push(format!("scsi-block,drive=hd{i},bus=scsi0.0"));
+                a.push(format!(
+                    "{device},drive=hd{i},bus=scsi0.0,channel=0,scsi-id={i},lun=0"
+                ));
             }
         }
         a.extend(self.extra_qemu_args.iter().cloned());

@@ -11,6 +11,7 @@ pub mod crash;
 pub mod differential;
 pub mod full_status;
 pub mod kubevirt;
+pub mod libvirt;
 pub mod lio;
 pub mod mpath_fixture;
 pub mod multipath;

@@ -90,7 +90,7 @@ impl Through {
 }
 
 /// The holder's leg and type text in LIO's view.
-fn holder(
+pub(crate) fn holder(
     lun: &prhelper_lab::lio::SharedLun,
     regs: &[Registration],
 ) -> Option<(usize, u64, String)> {
@@ -103,7 +103,7 @@ fn holder(
     })
 }
 
-fn show(regs: &[Registration], lun: &prhelper_lab::lio::SharedLun) -> String {
+pub(crate) fn show(regs: &[Registration], lun: &prhelper_lab::lio::SharedLun) -> String {
     regs.iter()
         .map(|r| {
             format!(
@@ -118,7 +118,7 @@ fn show(regs: &[Registration], lun: &prhelper_lab::lio::SharedLun) -> String {
         .join("; ")
 }
 
-fn expect_legs(
+pub(crate) fn expect_legs(
     lun: &prhelper_lab::lio::SharedLun,
     key: u64,
     want: &[usize],

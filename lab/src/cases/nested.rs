@@ -4,16 +4,11 @@
 
 use prhelper_lab::helper::{Helper, C_HELPER};
 use prhelper_lab::lio::SharedLun;
-use prhelper_lab::nested::{tail, NestedGuest, NestedOutcome};
+use prhelper_lab::nested::{tail, NestedGuest, NestedOutcome, Passthrough};
 use prhelper_lab::prh;
 use prhelper_lab::util::{expect_contains, scratch_dir};
 use prhelper_lab::{bail, ensure, sg, Result};
 use std::path::Path;
-
-/// Debian's C helper as QEMU's PR manager.
-pub fn nested_qemu_c_helper() -> Result<()> {
-    nested_register_through(Path::new(C_HELPER), &[])
-}
 
 /// Boot a nested guest running `script` on `disk` through `helper`; fail (with the
 /// console's tail and the helper's log) unless the script exits 0.
@@ -37,53 +32,20 @@ pub fn run_guest(script: &str, helper: &Helper, disk: &Path) -> Result<NestedOut
     Ok(outcome)
 }
 
-/// Start `helper` (with `extra_args`), boot a nested guest with initiator A's
-/// disk through it, REGISTER + READ KEYS there, and check from initiator B in
-/// the outer VM that A's key really reached the LU.
-pub fn nested_register_through(helper: &Path, extra_args: &[&str]) -> Result<()> {
-    const KEY: u64 = 0xabc;
-    let scratch = scratch_dir("nested")?;
-    let lun = SharedLun::new("nested", 64 << 20, 2)?;
-    let (a, b) = (lun.device(0), lun.device(1));
-    let mut helper = Helper::start(helper, &scratch.join("pr.sock"), extra_args)?;
-
-    let script = format!(
-        "set -x\n\
-         sg_persist --out --register --param-sark=0x{KEY:x} \"$LAB_DISK\" || exit 10\n\
-         sg_persist --in --read-keys \"$LAB_DISK\" || exit 11\n"
-    );
-    let outcome = run_guest(&script, &helper, &a.disk)?;
-    expect_contains("nested READ KEYS", &outcome.console, &format!("0x{KEY:x}"))?;
-
-    // Ground truth from the other initiator, without QEMU or the helper.
-    let keys = sg::read_keys(&b.disk)?;
-    ensure!(keys == [KEY], "READ KEYS via initiator B: {keys:x?}");
-    let full = sg::read_full_status(&b.disk)?;
-    expect_contains("READ FULL STATUS via B", &full, &format!("Key=0x{KEY:x}"))?;
-    expect_contains(
-        "READ FULL STATUS via B (A's transport ID)",
-        &full,
-        &lun.targets[0].initiator_sas_address(),
-    )?;
-    ensure!(
-        helper.is_running(),
-        "helper died; log:\n{}",
-        helper.log_text()
-    );
-    helper.stop()?;
-    Ok(())
-}
-
-/// prhelper (default seccomp filter, `-v`) as QEMU's PR manager, in one
-/// nested boot: REGISTER + READ KEYS in the guest; then, while the guest
-/// waits, prhelper is stopped with SIGTERM and started again on the same
-/// socket; the guest's next PR commands must succeed (QEMU's
-/// pr-manager-helper reconnects on the next command) and reach the LU
-/// through the new process.
+/// Three disks, two helpers, one nested boot:
+/// - target 0: `scsi-block` through prhelper (default seccomp filter, `-v`);
+/// - target 1: `scsi-block` through Debian's C helper (its own pr-manager-helper);
+/// - target 2: `scsi-generic` on a `/dev/sgN` through the same prhelper.
 ///
-/// The guest and the outer VM signal each other through files on a second
-/// 9p share (the outer VM's `/tmp/lab/nested-sig`, mounted read-write in the
-/// guest): the outer VM's /tmp itself is hidden in the guest by its own tmpfs.
+/// REGISTER + READ KEYS on each in the guest (checked from another initiator); then,
+/// while the guest waits, prhelper is stopped with SIGTERM (exit 0, socket removed) and
+/// started again on the same socket; the guest's next PR commands on both prhelper
+/// disks must succeed (QEMU's pr-manager-helper reconnects on the next command) and
+/// reach the LUs through the new process.
+///
+/// The guest and the outer VM signal each other through files on a second 9p share
+/// (the outer VM's `/tmp/lab/nested-prhelper/sig`, mounted read-write in the guest):
+/// the outer VM's /tmp itself is hidden in the guest by its own tmpfs.
 pub fn nested_qemu_prhelper() -> Result<()> {
     const KEY: u64 = 0xabc;
     const KEY2: u64 = 0xdef;
@@ -91,26 +53,36 @@ pub fn nested_qemu_prhelper() -> Result<()> {
     let sig = scratch.join("sig");
     std::fs::create_dir_all(&sig).map_err(|e| e.to_string())?;
     let lun = SharedLun::new("nested-prh", 64 << 20, 2)?;
-    let (a, b) = (lun.device(0), lun.device(1));
+    let a = lun.device(0);
+    let lun_c = SharedLun::new("nested-c", 64 << 20, 2)?;
+    let lun_sg = SharedLun::new("nested-sg", 64 << 20, 2)?;
     let sock = scratch.join("pr.sock");
     let first = prh::start_prhelper(&sock, &[])?;
+    let mut c_helper = Helper::start(Path::new(C_HELPER), &scratch.join("c.sock"), &[])?;
 
     let script = format!(
         "set -x\n\
-         sg_persist --out --register --param-sark=0x{KEY:x} \"$LAB_DISK\" || exit 10\n\
-         sg_persist --in --read-keys \"$LAB_DISK\" || exit 11\n\
+         P=$(disk 0) && C=$(disk 1) && G=$(disk 2) || exit 20\n\
+         for d in $P $C $G; do\n\
+         \x20   sg_persist --out --register --param-sark=0x{KEY:x} $d || exit 10\n\
+         \x20   sg_persist --in --read-keys $d || exit 11\n\
+         done\n\
          mkdir -p /tmp/sig && mount -t 9p -o trans=virtio,version=9p2000.L sig /tmp/sig || exit 12\n\
          touch /tmp/sig/phase1 || exit 13\n\
          for _ in $(seq 1200); do [ -e /tmp/sig/go ] && break; sleep 0.5; done\n\
          [ -e /tmp/sig/go ] || exit 14\n\
          echo '@@ helper restarted; PR commands again'\n\
-         sg_persist --in --read-keys \"$LAB_DISK\" || exit 15\n\
-         sg_persist --out --register --param-rk=0x{KEY:x} --param-sark=0x{KEY2:x} \"$LAB_DISK\" || exit 16\n\
-         sg_persist --in --read-keys \"$LAB_DISK\" || exit 17\n"
+         sg_persist --in --read-keys $P || exit 15\n\
+         for d in $P $G; do\n\
+         \x20   sg_persist --out --register --param-rk=0x{KEY:x} --param-sark=0x{KEY2:x} $d || exit 16\n\
+         done\n\
+         sg_persist --in --read-keys $G || exit 17\n"
     );
     let mut guest = NestedGuest::new(&script)
         .with_pr_helper(&sock)
-        .with_disk(&a.disk);
+        .with_disk(&a.disk)
+        .with_disk_on(&lun_c.device(0).disk, Passthrough::Block, c_helper.socket())
+        .with_disk_on(&lun_sg.device(0).sg, Passthrough::Generic, &sock);
     guest.extra_qemu_args.extend([
         "-fsdev".to_string(),
         format!("local,id=sig,path={},security_model=none", sig.display()),
@@ -133,14 +105,43 @@ pub fn nested_qemu_prhelper() -> Result<()> {
                 ),
                 Err(e) => e,
             };
-            bail!("{detail}\nprhelper log:\n{}", first.log_text());
+            bail!(
+                "{detail}\nprhelper log:\n{}\nC helper log:\n{}",
+                first.log_text(),
+                c_helper.log_text()
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     println!(
-        "  nested guest registered through prhelper after {:.1}s; restarting prhelper",
+        "  nested guest registered through prhelper and the C helper after {:.1}s; restarting prhelper",
         started.elapsed().as_secs_f64()
     );
+    // Phase 1's ground truth from the other initiators, without QEMU or a helper.
+    for (what, l) in [
+        ("prhelper scsi-block", &lun),
+        ("C helper", &lun_c),
+        ("prhelper scsi-generic", &lun_sg),
+    ] {
+        let other = &l.device(1).disk;
+        let keys = sg::read_keys(other)?;
+        ensure!(
+            keys == [KEY],
+            "{what}: READ KEYS via initiator B: {keys:x?}"
+        );
+        let full = sg::read_full_status(other)?;
+        expect_contains(
+            &format!("{what}: READ FULL STATUS via B (A's transport ID)"),
+            &full,
+            &l.targets[0].initiator_sas_address(),
+        )?;
+    }
+    ensure!(
+        c_helper.is_running(),
+        "C helper died; log:\n{}",
+        c_helper.log_text()
+    );
+
     let first_log = first.log_text();
     let first_pid = first.pid();
     let status = first.stop()?;
@@ -180,10 +181,11 @@ pub fn nested_qemu_prhelper() -> Result<()> {
         logs(&second)
     );
     // Both phases went through prhelper: the first process logged the
-    // REGISTER, the second the REGISTER after the restart.
+    // REGISTERs, the second the REGISTERs after the restart.
     ensure!(
-        first_log.contains("register") && second.log_text().contains("register"),
-        "expected a logged REGISTER in both prhelper processes\n{}",
+        first_log.matches("register").count() >= 2
+            && second.log_text().matches("register").count() >= 2,
+        "expected logged REGISTERs (both disks) in both prhelper processes\n{}",
         logs(&second)
     );
     expect_contains(
@@ -192,15 +194,27 @@ pub fn nested_qemu_prhelper() -> Result<()> {
         &format!("0x{KEY2:x}"),
     )?;
 
-    // Ground truth from the other initiator.
-    let keys = sg::read_keys(&b.disk)?;
-    ensure!(
-        keys == [KEY2],
-        "READ KEYS via initiator B: {keys:x?}\n{}",
-        logs(&second)
-    );
+    // Ground truth from the other initiators.
+    for (what, l, want) in [
+        ("scsi-block", &lun, KEY2),
+        ("scsi-generic", &lun_sg, KEY2),
+        ("C helper", &lun_c, KEY),
+    ] {
+        let keys = sg::read_keys(&l.device(1).disk)?;
+        ensure!(
+            keys == [want],
+            "{what}: READ KEYS via initiator B: {keys:x?}\n{}",
+            logs(&second)
+        );
+    }
     let running = second.is_running();
     ensure!(running, "prhelper died\n{}", logs(&second));
     second.stop()?;
+    ensure!(
+        c_helper.is_running(),
+        "C helper died; log:\n{}",
+        c_helper.log_text()
+    );
+    c_helper.stop()?;
     Ok(())
 }

@@ -6,6 +6,11 @@
 //! lines) on /dev/mapper/control tells whether it is a multipath map and its paths with
 //! their states; without the control node (no CAP_SYS_ADMIN), sysfs tells (uuid `mpath-`,
 //! `slaves/`), with every path assumed usable. Anything else goes to plain SG_IO.
+//!
+//! When none of a map's paths can be opened (a private /dev without them, a device
+//! cgroup that denies them: libvirt with the disk named `/dev/dm-N`), the command goes
+//! to the map itself, which reaches its current path as the C helper's plain SG_IO does,
+//! and the daemon warns once per map saying what to configure.
 //! See docs/multipath.md for the choices and what differs from libmpathpersist.
 
 pub mod multipathd;
@@ -13,7 +18,7 @@ mod recover;
 pub mod route;
 pub mod status;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -52,6 +57,19 @@ pub struct Multipath {
     keys: Mutex<HashMap<libc::dev_t, u64>>,
     warned_mpathd: AtomicBool,
     warned_setprkey: AtomicBool,
+    /// Maps already warned about because none of their paths could be opened.
+    warned_unopenable: WarnOnce,
+}
+
+/// Remembers which maps were warned about (once per map and process).
+#[derive(Debug, Default)]
+struct WarnOnce(Mutex<HashSet<libc::dev_t>>);
+
+impl WarnOnce {
+    /// True the first time for `dev`.
+    fn first(&self, dev: libc::dev_t) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(dev)
+    }
 }
 
 /// device-mapper's block major, from /proc/devices.
@@ -98,6 +116,7 @@ impl Multipath {
             keys: Mutex::default(),
             warned_mpathd: AtomicBool::new(false),
             warned_setprkey: AtomicBool::new(false),
+            warned_unopenable: WarnOnce::default(),
         }
     }
 
@@ -348,18 +367,82 @@ impl Multipath {
     }
 }
 
+impl Multipath {
+    /// True when the command must go to the map itself because none of its paths could be
+    /// opened; warns the first time for this map.
+    fn send_to_map(&self, map: &Map, paths: &MapPaths<'_>) -> bool {
+        if !unopenable(&paths.open) {
+            return false;
+        }
+        if self.warned_unopenable.first(map.dev) {
+            warn!("{}", unopenable_hint(map, &paths.open));
+        } else {
+            debug!(
+                "multipath {}: no path device can be opened; sending to the map",
+                map.name
+            );
+        }
+        true
+    }
+}
+
+/// None of the paths could be opened (and there is at least one).
+fn unopenable(open: &[OpenPath]) -> bool {
+    !open.is_empty() && open.iter().all(|o| o.fd.is_err())
+}
+
+/// The warning for a map whose paths cannot be opened: what happened, what it costs,
+/// what to configure.
+fn unopenable_hint(map: &Map, open: &[OpenPath]) -> String {
+    let errs: Vec<String> = map
+        .paths
+        .iter()
+        .zip(open)
+        .map(|(p, o)| {
+            let e = o.fd.as_ref().err().copied().unwrap_or(0);
+            format!(
+                "{}:{} ({})",
+                p.major,
+                p.minor,
+                std::io::Error::from_raw_os_error(e)
+            )
+        })
+        .collect();
+    format!(
+        "multipath {} (dm {}:{}): none of its path devices can be opened: {}; sending PR \
+         commands to the map itself, which reaches only its current path (other paths get \
+         no registration, as with the C helper's plain SG_IO). Give the helper the path \
+         devices: under libvirt name the disk /dev/mapper/{} (not /dev/dm-N) so that libvirt \
+         puts the paths into the domain's /dev and device cgroup; in a container, mount the \
+         host's /dev",
+        map.name,
+        major(map.dev),
+        minor(map.dev),
+        errs.join(", "),
+        map.name
+    )
+}
+
 impl Backend for Multipath {
     fn pr_in(&self, dev: BorrowedFd<'_>, cdb: &[u8; 16], buf: &mut [u8]) -> Outcome {
-        match self.map_of(dev) {
-            Some(map) => route::pr_in(&self.paths(&map), cdb, buf),
-            None => self.plain.pr_in(dev, cdb, buf),
+        let Some(map) = self.map_of(dev) else {
+            return self.plain.pr_in(dev, cdb, buf);
+        };
+        let paths = self.paths(&map);
+        if self.send_to_map(&map, &paths) {
+            return self.plain.pr_in(dev, cdb, buf);
         }
+        route::pr_in(&paths, cdb, buf)
     }
 
     fn pr_out(&self, dev: BorrowedFd<'_>, cdb: &[u8; 16], params: &[u8]) -> Outcome {
         let Some(map) = self.map_of(dev) else {
             return self.plain.pr_out(dev, cdb, params);
         };
+        let paths = self.paths(&map);
+        if self.send_to_map(&map, &paths) {
+            return self.plain.pr_out(dev, cdb, params);
+        }
         let known_key = self
             .keys
             .lock()
@@ -367,7 +450,7 @@ impl Backend for Multipath {
             .get(&map.dev)
             .copied()
             .or_else(|| self.key_from_multipathd(&map, cdb));
-        let (o, effect) = route::pr_out(&self.paths(&map), cdb, params, Context { known_key });
+        let (o, effect) = route::pr_out(&paths, cdb, params, Context { known_key });
         {
             let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
             match effect {
@@ -382,5 +465,87 @@ impl Backend for Multipath {
         }
         self.notify(&map, effect);
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(major: u32, minor: u32) -> PathState {
+        PathState {
+            major,
+            minor,
+            active: true,
+            group: 0,
+            group_active: true,
+        }
+    }
+
+    fn opened() -> OpenPath {
+        OpenPath {
+            fd: Ok(fs::File::open("/dev/null").unwrap().into()),
+            host: None,
+        }
+    }
+
+    fn failed(errno: i32) -> OpenPath {
+        OpenPath {
+            fd: Err(errno),
+            host: None,
+        }
+    }
+
+    #[test]
+    fn map_only_when_no_path_opens() {
+        assert!(unopenable(&[failed(libc::ENOENT), failed(libc::EPERM)]));
+        assert!(!unopenable(&[failed(libc::ENOENT), opened()]));
+        assert!(!unopenable(&[opened(), opened()]));
+        // No paths at all: nothing to send to but the router's "no path" answer.
+        assert!(!unopenable(&[]));
+    }
+
+    #[test]
+    fn warns_once_per_map() {
+        let w = WarnOnce::default();
+        let (a, b) = (makedev(254, 0), makedev(254, 1));
+        assert!(w.first(a));
+        assert!(!w.first(a));
+        assert!(w.first(b));
+        assert!(!w.first(b));
+        assert!(!w.first(a));
+    }
+
+    #[test]
+    fn hint_names_the_map_paths_and_fix() {
+        let map = Map {
+            dev: makedev(254, 3),
+            name: "mpatha".into(),
+            paths: vec![path(8, 16), path(8, 32)],
+        };
+        let h = unopenable_hint(&map, &[failed(libc::ENOENT), failed(libc::EPERM)]);
+        assert!(h.contains("multipath mpatha (dm 254:3)"), "{h}");
+        assert!(h.contains("8:16 (No such file or directory"), "{h}");
+        assert!(h.contains("8:32 (Operation not permitted"), "{h}");
+        assert!(h.contains("/dev/mapper/mpatha (not /dev/dm-N)"), "{h}");
+        assert!(h.contains("the map itself"), "{h}");
+    }
+
+    #[test]
+    fn unopenable_real_paths_fall_back() {
+        // A major:minor that names no device: open_path finds no node.
+        let p = path(4000, 4000);
+        let o = open_path(&p);
+        assert!(o.fd.is_err());
+        let mp = Multipath::new(SgIo { timeout_ms: 1000 }, false);
+        let map = Map {
+            dev: makedev(254, 77),
+            name: "nopaths".into(),
+            paths: vec![p],
+        };
+        let paths = mp.paths(&map);
+        assert!(mp.send_to_map(&map, &paths));
+        assert!(mp.send_to_map(&map, &paths), "still the map, warned once");
+        assert!(!mp.warned_unopenable.first(map.dev));
     }
 }
