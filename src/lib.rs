@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! prhelper: a drop-in replacement for QEMU's `qemu-pr-helper`.
 //!
 //! Layers, from the bottom:

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! The client library and the prhelper-client binary against an in-test fake helper: a
 //! thread that speaks the helper side of the protocol, records what it received (CDB,
 //! fds, parameter list) and replies as each test scripts it, including badly.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! The real daemon binary, driven over real fd passing: protocol compliance, malformed
 //! requests, concurrency, and lifecycle (signals, pid file, socket handling, daemon mode,
 //! socket activation, privilege drop).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! The multipathd client against a fake multipathd on an abstract socket: framing, one
 //! connection kept for many commands, reconnection after multipathd closed it, and a
 //! bounded wait when it does not answer. (One test per process: it sets

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! The seccomp filter stops a system call outside the allow list (kill mode), lets it
 //! through in log mode, and allows what the daemon does. Runs each case in a re-executed
 //! child process, since a filter cannot be removed once applied.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! The server in-process with a fake device backend: what QEMU 11's reservation migration
 //! sends, replies that can never exceed the allocation length, and a device that never
 //! answers while other clients keep being served.

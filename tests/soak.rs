@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Abuse under load: 1,000 concurrent well-behaved clients × 100 commands each, while
 //! hostile clients send garbage, truncated requests, hundreds of fds at once, drip bytes
 //! slowly, and open and close connections in storms. The well-behaved clients must see

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Micro-benchmarks of the pure protocol layer: decoding a full request and encoding a
 //! reply header.
 

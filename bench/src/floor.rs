@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! The floor: the least a pr-helper can do per request on this machine.
 //!
 //! One epoll set per CPU, each with its own worker thread and level-triggered

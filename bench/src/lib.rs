@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Host benchmark for prhelper: the C helper and a minimal "floor" server against
 //! prhelper, over the real pr-helper protocol with fd passing.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! A closed-loop load generator for any pr-helper socket.
 //!
 //! Each client connects, does the feature handshake, then sends one PR IN request (CDB

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! `cargo run --release -p prhelper-bench -- [--smoke]`: see bench/README.md.
 
 use std::path::{Path, PathBuf};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Looking at a server process from outside: memory, threads, fds, CPU affinity.
 
 use std::io;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Summaries, the target checklist, and the three outputs: terminal table, JSON, SVG.
 
 use std::collections::BTreeMap;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Part 2: start-up time, idle memory, many idle connections, a burst of connects.
 
 use std::io;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Percentiles and medians.
 
 use std::time::Duration;

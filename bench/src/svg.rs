@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Minimal hand-written SVG charts: a line chart and a grouped bar chart on a log axis.
 
 use std::fmt::Write;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Part 1: requests/s and latency at several concurrencies, the servers interleaved round
 //! by round (floor, C, prhelper, floor, C, prhelper, ...) so that machine-wide drift hits
 //! all of them alike.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! CDB parsing and the PR OUT parameter list / TransportID codecs.
 //!
 //! The first byte selects what the rest of the input is used for; every mode starts with

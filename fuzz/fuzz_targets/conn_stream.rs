@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! The per-connection state machine ([`prhelper::proto::Conn`]) fed an arbitrary stream of
 //! socket reads, each with 0..=3 fds, always respecting `Conn::want()` as the daemon does.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! The multipath parsers: multipathd's reply framing and reply texts, dm-multipath status
 //! lines, and the per-path answer classification.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! The PR IN parameter data decoders (READ KEYS, READ RESERVATION, REPORT CAPABILITIES,
 //! READ FULL STATUS) on what a hostile device or helper could return.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Sense data decoding, the SG_IO outcome mapping, the client's reply header decoder and the
 //! client-side status/sense categorisation.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! prhelper-client: run one SCSI PERSISTENT RESERVE IN/OUT command through a pr-helper
 //! socket (qemu-pr-helper or prhelper), with sg_persist's options and output.
 

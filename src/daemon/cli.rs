@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Command line, compatible with qemu-pr-helper's (`hVk:f:dT:u:g:vq` plus long options,
 //! unique prefixes accepted as getopt_long does). Options that qemu-pr-helper does not
 //! have are long-only and marked as extensions in `--help`.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Executing one decoded request: the policy checks the C helper applies before the
 //! device sees a command (plus those it lacks), then the backend.
 

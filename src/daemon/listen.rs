@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! The listening socket: systemd socket activation, or a path we create ourselves.
 //!
 //! A created socket is bound under a temporary name, put in the listening state, and only

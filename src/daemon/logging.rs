@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Logging: stderr in the foreground; journald (or syslog when there is no journald) once
 //! daemonized, since stderr is then /dev/null. Writes that fail (libvirt closes our stderr
 //! pipe once the socket exists) are ignored, never fatal.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! The daemon: start-up order, daemonizing, signals, and the server's life cycle.
 //!
 //! Start-up, all on one thread: signals → socket activation check → resolve -u/-g →

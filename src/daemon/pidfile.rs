@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! PID file: created mode 0600, locked with an fcntl write lock for the process's whole
 //! life (the lock is the "is it running" signal), then truncated and filled with "PID\n".
 

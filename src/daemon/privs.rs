@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Dropping privileges. Runs while the process still has a single thread (capabilities
 //! and credentials are per thread on Linux; threads started later inherit the result).
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Confinement once start-up is done: no_new_privs, Landlock (where the kernel has it)
 //! and the seccomp filter from [`super::seccomp`].
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! The seccomp allow list: every system call the daemon makes once it serves clients,
 //! one entry each, with why. Anything else kills the process (or is logged, with
 //! `--seccomp=log`). `ioctl` is further restricted by request number.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! The connection server: a leader/followers thread pool around one epoll set.
 //!
 //! Every worker waits in `epoll_wait` on the same epoll fd. Connections are registered

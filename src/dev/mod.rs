@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Device access: how a PR command reaches the device behind the fd a client passed.
 //!
 //! The daemon talks to a [`Backend`]; [`SgIo`] sends the CDB with SG_IO. Tests use fakes.

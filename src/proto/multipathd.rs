@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! multipathd's command socket protocol (pure code): each message is the native-endian,
 //! native-size `size_t` length of the text *including* its NUL, then the text and NUL.
 //! Requests are commands such as `setprkey map mpatha key 0x1234`; replies are short

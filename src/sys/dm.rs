@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! device-mapper ioctls on /dev/mapper/control: a map's table and status, and suspend /
 //! resume. The kernel allows them only with CAP_SYS_ADMIN.
 //!

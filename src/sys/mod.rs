@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Thin wrappers over the system calls that need `unsafe`: the SG_IO ioctl, fd passing
 //! over Unix sockets, and fork. Everything above this module is safe code.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Process-level calls that need `unsafe`: fork, and adopting inherited fds.
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};

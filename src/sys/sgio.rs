@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! The SG_IO ioctl (SCSI generic v3 interface), usable on /dev/sdX, /dev/sgN and dm nodes.
 
 use std::os::fd::{AsRawFd, BorrowedFd};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Shared helpers for integration tests that run the real `prhelper` binary.
 #![allow(dead_code)]
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! The helper side of one connection, as a state machine fed with what the socket
 //! delivered (bytes and received fds). It never reads ahead: [`Conn::want`] says how many
 //! bytes to ask the socket for next, so fds can never be attributed to the wrong request.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Sending and receiving bytes with file descriptors attached (SCM_RIGHTS).
 #![allow(unsafe_code)] // The one module of this crate that calls recvmsg/sendmsg.
 

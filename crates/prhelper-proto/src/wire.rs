@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Byte layout of the pr-helper protocol. Every integer is big-endian.
 //!
 //! ```text

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! dm-multipath maps: PR commands go to the map's path devices themselves (each path is
 //! its own I_T nexus; SG_IO on the map reaches only the current path), routed as
 //! [`route`] says, and multipathd learns the registered key.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Talking to multipathd so that it knows the registered key and registers paths that are
 //! added or come back.
 //!

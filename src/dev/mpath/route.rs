@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Where each PR command goes on a multipath map, and how the paths' answers become one
 //! answer: multipath-tools 0.13+ semantics (see docs/multipath.md), over any [`Paths`].
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Parsing dm-multipath status lines (pure code).
 //!
 //! The kernel's `multipath_status` (STATUSTYPE_INFO) writes:

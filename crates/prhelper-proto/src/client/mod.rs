@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! A client for the pr-helper protocol that speaks it exactly as QEMU's
 //! `scsi/pr-manager-helper.c` does, for other VMMs and for tests.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Low-level access to a helper connection: send arbitrary bytes with any number of fds,
 //! read replies piecewise, watch for the helper closing the connection. [`super::Client`]
 //! is built on this; daemon tests use it directly to misbehave on purpose (no fd, two fds,

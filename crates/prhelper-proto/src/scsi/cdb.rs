@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! PERSISTENT RESERVE IN / OUT command descriptor blocks (SPC-4 6.15, 6.16).
 
 use super::{PERSISTENT_RESERVE_IN, PERSISTENT_RESERVE_OUT};

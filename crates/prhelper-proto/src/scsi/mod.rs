@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! SCSI definitions used by the helper: status codes, persistent reservation CDBs and
 //! sense data. Pure code: no I/O, no `unsafe`.
 

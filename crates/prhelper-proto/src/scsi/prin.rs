@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! PERSISTENT RESERVE IN parameter data (SPC-4 6.15): decoders and encoders for the four
 //! service actions. Pure code: no I/O, no `unsafe`.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Sense data: the helper's 96-byte sense buffer, the fixed-format sense it builds itself,
 //! the mapping from SG_IO outcomes to SCSI status and sense (as QEMU 6.0+ does, with one
 //! deliberate fix), and decoding for display.

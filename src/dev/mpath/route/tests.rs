@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! The router against a small SPC-4 model of one LU reached through several I_T nexuses.
 //! (The proof on real devices is the lab's `multipath_*` cases; this pins the logic.)
 
