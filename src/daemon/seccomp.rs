@@ -252,36 +252,16 @@ pub fn build(mode: Mode, extra: &Extra) -> Result<Option<Filters>, SandboxError>
         ioctls.extend(&extra.ioctls);
         let ioctl_rules = ioctls
             .into_iter()
-            .map(|req| {
-                SeccompRule::new(vec![SeccompCondition::new(
-                    1,
-                    SeccompCmpArgLen::Dword,
-                    SeccompCmpOp::Eq,
-                    req,
-                )
-                .map_err(err)?])
-                .map_err(err)
-            })
+            .map(|req| arg_rule(1, SeccompCmpOp::Eq, req))
             .collect::<Result<Vec<_>, _>>()?;
         rules.insert(libc::SYS_ioctl, ioctl_rules);
         // prctl: only PR_SET_NAME (std names new threads).
         rules.insert(
             libc::SYS_prctl,
-            vec![SeccompRule::new(vec![SeccompCondition::new(
-                0,
-                SeccompCmpArgLen::Dword,
-                SeccompCmpOp::Eq,
-                libc::PR_SET_NAME as u64,
-            )
-            .map_err(err)?])
-            .map_err(err)?],
+            vec![arg_rule(0, SeccompCmpOp::Eq, libc::PR_SET_NAME as u64)?],
         );
-        let mismatch = match mode {
-            Mode::Log => SeccompAction::Log,
-            _ => SeccompAction::KillProcess,
-        };
-        let filter =
-            SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch()).map_err(err)?;
+        let filter = SeccompFilter::new(rules, mismatch_action(mode), SeccompAction::Allow, arch())
+            .map_err(err)?;
         let allow = BpfProgram::try_from(filter).map_err(err)?;
         // Opens that would write or create are refused. Read-only opens pass: the
         // containment check reads a dm map's sysfs attributes in every mode, and
@@ -291,16 +271,7 @@ pub fn build(mode: Mode, extra: &Extra) -> Result<Option<Filters>, SandboxError>
         for (nr, arg) in opens() {
             let conds = WRITE_FLAGS
                 .iter()
-                .map(|&bit| {
-                    SeccompRule::new(vec![SeccompCondition::new(
-                        arg,
-                        SeccompCmpArgLen::Dword,
-                        SeccompCmpOp::MaskedEq(bit),
-                        bit,
-                    )
-                    .map_err(err)?])
-                    .map_err(err)
-                })
+                .map(|&bit| arg_rule(arg, SeccompCmpOp::MaskedEq(bit), bit))
                 .collect::<Result<Vec<_>, _>>()?;
             refuse.insert(nr, conds);
         }
@@ -321,15 +292,24 @@ pub fn build(mode: Mode, extra: &Extra) -> Result<Option<Filters>, SandboxError>
 /// `socket()` with AF_UNIX only.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn unix_socket_rule() -> Result<Vec<SeccompRule>, SandboxError> {
-    let err = SandboxError::SeccompBuild;
-    Ok(vec![SeccompRule::new(vec![SeccompCondition::new(
-        0,
-        SeccompCmpArgLen::Dword,
-        SeccompCmpOp::Eq,
-        libc::AF_UNIX as u64,
-    )
-    .map_err(err)?])
-    .map_err(err)?])
+    Ok(vec![arg_rule(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)?])
+}
+
+/// A rule that matches when system-call argument `arg`, compared as 32 bits with `op`,
+/// equals `value`.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn arg_rule(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompRule, SandboxError> {
+    let cond = SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value)?;
+    Ok(SeccompRule::new(vec![cond])?)
+}
+
+/// What a call off the allow list gets: the process killed, or an audit log entry.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn mismatch_action(mode: Mode) -> SeccompAction {
+    match mode {
+        Mode::Log => SeccompAction::Log,
+        _ => SeccompAction::KillProcess,
+    }
 }
 
 /// (syscall, why) pairs the multipathd connector process ([`super::connector`]) may make.
@@ -383,21 +363,10 @@ pub fn build_connector(mode: Mode) -> Result<Option<Filters>, SandboxError> {
         // fcntl(F_GETFD) only: std's debug check that an fd it closes is open.
         rules.insert(
             libc::SYS_fcntl,
-            vec![SeccompRule::new(vec![SeccompCondition::new(
-                1,
-                SeccompCmpArgLen::Dword,
-                SeccompCmpOp::Eq,
-                libc::F_GETFD as u64,
-            )
-            .map_err(err)?])
-            .map_err(err)?],
+            vec![arg_rule(1, SeccompCmpOp::Eq, libc::F_GETFD as u64)?],
         );
-        let mismatch = match mode {
-            Mode::Log => SeccompAction::Log,
-            _ => SeccompAction::KillProcess,
-        };
-        let filter =
-            SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch()).map_err(err)?;
+        let filter = SeccompFilter::new(rules, mismatch_action(mode), SeccompAction::Allow, arch())
+            .map_err(err)?;
         Ok(Some(vec![BpfProgram::try_from(filter).map_err(err)?]))
     }
 }
