@@ -11,6 +11,10 @@
 //! [`scsi`], the wire protocol and [`client`] live in the `prhelper-proto` library crate
 //! (`crates/prhelper-proto`), which VMMs can depend on without the daemon; they are
 //! re-exported here under their old paths.
+//!
+//! This library target is not a published API (the package has `publish = false`): it
+//! exists so that the daemon's binaries, integration tests, lab, benchmark and fuzz
+//! targets share one build of the daemon. Other programs depend on `prhelper-proto`.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
