@@ -191,6 +191,8 @@ enum Step {
     /// Unrecorded, straight through SG_IO: every initiator REGISTER AND IGNORE, then
     /// CLEAR: no registrations, no reservation (and unit attentions for B and C).
     Reset,
+    /// The start of a named part of the script: a failure names the part it is in.
+    Phase(&'static str),
 }
 
 fn basic(key: u64, sa_key: u64) -> Vec<u8> {
@@ -218,9 +220,11 @@ fn script(tids: &[TransportId; 3]) -> Vec<Step> {
     let mut v = vec![Reset];
 
     // Nothing registered.
+    v.push(Phase("nothing registered"));
     all_in(&mut v, A, &many);
     v.push(Grow(A));
     // Registrations, wrong keys.
+    v.push(Phase("registrations, wrong keys"));
     v.push(r_out(A, 0, 0, basic(0, key_a)));
     v.push(r_out(B, 6, 0, basic(0x77, key_b)));
     v.push(r_out(C, 0, 0, basic(0, key_c)));
@@ -230,6 +234,7 @@ fn script(tids: &[TransportId; 3]) -> Vec<Step> {
     all_in(&mut v, B, &many);
     v.push(Grow(B));
     // Every reservation type: conflicts, wrong type and key, release, unit attentions.
+    v.push(Phase("every reservation type"));
     for t in [1u8, 3, 5, 6, 7, 8] {
         v.push(r_out(A, 1, t, basic(key_a, 0)));
         v.push(r_out(B, 1, t, basic(key_b, 0)));
@@ -246,11 +251,13 @@ fn script(tids: &[TransportId; 3]) -> Vec<Step> {
         v.push(r_in(C, 1, 8192));
     }
     // An unregistered initiator: RESERVE, REGISTER with a key, RELEASE.
+    v.push(Phase("an unregistered initiator"));
     v.push(r_out(C, 0, 0, basic(key_c, 0)));
     v.push(r_out(C, 1, 1, basic(key_c, 0)));
     v.push(r_out(C, 0, 0, basic(0x55, 0x66)));
     v.push(r_out(C, 2, 1, basic(0, 0)));
     // PREEMPT (AND ABORT: rejections only, an accepted one can deadlock LIO).
+    v.push(Phase("PREEMPT and PREEMPT AND ABORT"));
     v.push(r_out(A, 1, 1, basic(key_a, 0)));
     v.push(r_out(B, 4, 1, basic(7, key_a)));
     v.push(r_out(B, 5, 1, basic(7, key_a)));
@@ -260,11 +267,13 @@ fn script(tids: &[TransportId; 3]) -> Vec<Step> {
     v.push(r_in(A, 0, 8192));
     all_in(&mut v, A, &[8, 8192]);
     // CLEAR.
+    v.push(Phase("CLEAR"));
     v.push(r_out(B, 3, 0, basic(7, 0)));
     v.push(r_out(B, 3, 0, basic(key_b, 0)));
     v.push(r_in(A, 0, 8192));
     v.push(r_in(B, 0, 8192));
     // APTPL, ALL_TG_PT.
+    v.push(Phase("APTPL and ALL_TG_PT"));
     let flags = |key, aptpl, all_tg_pt, tids: Option<Vec<TransportId>>| {
         BasicParams {
             key: 0,
@@ -283,6 +292,7 @@ fn script(tids: &[TransportId; 3]) -> Vec<Step> {
     v.push(r_out(A, 1, 5, basic(key_a, 0)));
     all_in(&mut v, C, &[8, 24, 32, 8192]);
     // SPEC_I_PT: A registers itself, B (SAS) and C (iSCSI).
+    v.push(Phase("SPEC_I_PT"));
     v.push(Reset);
     v.push(Do(Req::pr_out(
         A,
@@ -302,6 +312,7 @@ fn script(tids: &[TransportId; 3]) -> Vec<Step> {
     all_in(&mut v, A, &[8, 8192]);
     v.push(Reset);
     // SPEC_I_PT errors: itself, an unknown initiator, while registered, with ALL_TG_PT.
+    v.push(Phase("SPEC_I_PT errors"));
     let unknown = TransportId::Sas {
         address: 0x5001_4050_dead_beef,
     };
@@ -326,6 +337,7 @@ fn script(tids: &[TransportId; 3]) -> Vec<Step> {
     ));
     v.push(r_in(C, 3, 8192));
     // REGISTER AND MOVE: wrong key, relative target ports, to itself, with UNREG, to C.
+    v.push(Phase("REGISTER AND MOVE"));
     v.push(Reset);
     v.push(r_out(A, 0, 0, basic(0, 1)));
     v.push(r_out(A, 1, 1, basic(1, 0)));
@@ -362,6 +374,7 @@ fn script(tids: &[TransportId; 3]) -> Vec<Step> {
     v.push(r_in(C, 3, 8192));
     v.push(r_in(C, 1, 8192));
     // Malformed but deliverable.
+    v.push(Phase("malformed but deliverable"));
     v.push(r_out(C, 1, 2, basic(0xc3, 0)));
     let mut bad_scope = Req::pr_out(C, 1, 1, basic(0xc3, 0));
     bad_scope.cdb[2] |= 0x20;
@@ -385,6 +398,7 @@ fn script(tids: &[TransportId; 3]) -> Vec<Step> {
     reserved.cdb[3] = 0xff;
     v.push(Do(reserved));
     // A path goes offline, comes back: unit attention, then the keys.
+    v.push(Phase("a path offline and back"));
     v.push(Reset);
     v.push(r_out(A, 0, 0, basic(0, key_a)));
     v.push(r_out(B, 0, 0, basic(0, key_b)));
@@ -583,6 +597,7 @@ impl Side {
         let mut stats = BTreeMap::new();
         let mut count = |r: &Reply| *stats.entry(format!("{:02x}", r.status)).or_insert(0) += 1;
         let trace = std::env::var_os("LAB_CAPTURE_TRACE").is_some();
+        let mut phase = "set-up";
         for (i, step) in steps.iter().enumerate() {
             if trace {
                 match step {
@@ -590,21 +605,30 @@ impl Side {
                     _ => eprintln!("  capture: {} step {i}", self.name),
                 }
             }
-            match step {
-                Step::Do(req) => count(&self.exec(req, seeds)?),
-                Step::Grow(who) => {
-                    let r = self.exec(&Req::pr_in(*who, 0, 8), seeds)?;
-                    count(&r);
-                    if r.status == 0 && r.data.len() >= 8 {
-                        let n = 8 + u32::from_be_bytes(r.data[4..8].try_into().unwrap());
-                        let alloc = n.min(8192) as u16;
-                        count(&self.exec(&Req::pr_in(*who, 0, alloc), seeds)?);
-                    }
-                    count(&self.exec(&Req::pr_in(*who, 1, 24), seeds)?);
-                }
-                Step::Online(who, on) => self.targets[*who].set_online(*on)?,
-                Step::Reset => reset(&self.fds)?,
+            if let Step::Phase(name) = step {
+                phase = name;
+                continue;
             }
+            let done = (|| -> Result<()> {
+                match step {
+                    Step::Phase(_) => {}
+                    Step::Do(req) => count(&self.exec(req, seeds)?),
+                    Step::Grow(who) => {
+                        let r = self.exec(&Req::pr_in(*who, 0, 8), seeds)?;
+                        count(&r);
+                        if r.status == 0 && r.data.len() >= 8 {
+                            let n = 8 + u32::from_be_bytes(r.data[4..8].try_into().unwrap());
+                            let alloc = n.min(8192) as u16;
+                            count(&self.exec(&Req::pr_in(*who, 0, alloc), seeds)?);
+                        }
+                        count(&self.exec(&Req::pr_in(*who, 1, 24), seeds)?);
+                    }
+                    Step::Online(who, on) => self.targets[*who].set_online(*on)?,
+                    Step::Reset => reset(&self.fds)?,
+                }
+                Ok(())
+            })();
+            done.map_err(|e| format!("{}: step \"{phase}\" (script entry {i}): {e}", self.name))?;
         }
         for r in self.recs.iter_mut().filter_map(Option::take) {
             let mut r = r;

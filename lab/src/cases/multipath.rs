@@ -27,7 +27,7 @@ use prhelper_lab::helper::Helper;
 use prhelper_lab::mpath::{self, legs_with_key, lio_view, persist, Map, Multipathd, Registration};
 use prhelper_lab::nested::tail;
 use prhelper_lab::prh::{self, expect_reply, keys, outcome};
-use prhelper_lab::util::{run, run_ok, scratch_dir};
+use prhelper_lab::util::{run, run_ok, scratch_dir, step};
 use prhelper_lab::{ensure, sg, Result};
 
 const OBSERVER: usize = 2;
@@ -164,498 +164,554 @@ pub fn multipath_prhelper() -> Result<()> {
     let legs = [0usize, 1];
     let obs = lun.device(OBSERVER).disk.clone();
     use PrOutAction::*;
-
-    // --multipath=off: CAP_SYS_ADMIN dropped, SG_IO on the map: one leg registered.
-    let cap_eff = |pid: u32| -> Result<String> {
-        let st =
-            std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
-        Ok(st
-            .lines()
-            .find_map(|l| l.strip_prefix("CapEff:"))
-            .unwrap_or("")
-            .trim()
-            .to_string())
-    };
-    t.read_keys()?;
-    ensure!(
-        cap_eff(t.helper.pid())? == "0000000000220000",
-        "CapEff with multipath on: {}",
-        cap_eff(t.helper.pid())?
-    );
-    {
-        let scratch = scratch_dir("multipath-off")?;
-        let off = prh::start_prhelper(&scratch.join("pr.sock"), &["--multipath=off"])?;
-        let mut c = prh::connect(off.socket())?;
-        // (The socket accepts before privileges are dropped; a reply comes after.)
-        let r = prh::pr_out(&mut c, &t.dev, Register, 0, &keys(0, 0xf0))?;
-        expect_reply("REGISTER with --multipath=off", &r, Status::GOOD, None)?;
-        ensure!(
-            cap_eff(off.pid())? == "0000000000020000",
-            "CapEff with --multipath=off: {}",
-            cap_eff(off.pid())?
-        );
-        let regs = lio_view(&lun, OBSERVER)?;
-        let on = legs_with_key(&regs, &lun, 0xf0);
-        println!("  --multipath=off: REGISTER reached legs {on:?}");
-        ensure!(on.len() == 1, "--multipath=off registered legs {on:?}");
-        sg::sg_persist(
-            &lun.device(on[0]).disk,
-            &["--out", "--register", "--param-rk=0xf0", "--param-sark=0"],
-        )?
-        .ok()?;
-        drop(c);
-        off.stop()?;
-    }
-
-    // Without a usable device-mapper control node: (a) none at all (not root, or a
-    // private /dev without it): the map's paths come from sysfs; (b) one whose ioctls
-    // fail: the error is logged and the command goes to the map as is. Neither ends
-    // the daemon.
-    for (what, mount, want) in [
-        (
-            "no /dev/mapper/control",
-            "mount -t tmpfs none /dev/mapper",
-            vec![0, 1],
-        ),
-        (
-            "/dev/mapper/control failing every ioctl",
-            "mount --bind /dev/null /dev/mapper/control",
-            vec![],
-        ),
-    ] {
-        let scratch = scratch_dir("multipath-noctl")?;
-        let wrapper = scratch.join("prhelper-wrapped");
-        std::fs::write(
-            &wrapper,
-            format!(
-                "#!/bin/sh\nexec unshare -m sh -c '{mount} && exec {} \"$@\"' sh \"$@\"\n",
-                prh::prhelper_bin().display()
-            ),
-        )
-        .map_err(|e| e.to_string())?;
-        std::fs::set_permissions(
-            &wrapper,
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .map_err(|e| e.to_string())?;
-        let h = Helper::start(&wrapper, &scratch.join("pr.sock"), &["-v"])?;
-        let mut c = prh::connect(h.socket())?;
-        let r = prh::pr_out(&mut c, &t.dev, Register, 0, &keys(0, 0xf1))?;
-        println!("  REGISTER with {what}: {}", outcome(&r));
-        expect_reply(what, &r, Status::GOOD, None).map_err(prh::with_log(&h))?;
-        let on = legs_with_key(&lio_view(&lun, OBSERVER)?, &lun, 0xf1);
-        println!("  ... reached legs {on:?}");
-        if want.is_empty() {
-            ensure!(on.len() == 1, "{what}: legs {on:?}");
-            ensure!(
-                h.log_text().contains("DM_TABLE_STATUS"),
-                "{what}: no warning:\n{}",
-                h.log_text()
-            );
-        } else {
-            ensure!(on == want, "{what}: legs {on:?}");
-        }
-        for leg in on {
-            sg::sg_persist(
-                &lun.device(leg).disk,
-                &["--out", "--register", "--param-rk=0xf1", "--param-sark=0"],
-            )?
-            .ok()?;
-        }
-        drop(c);
-        let status = h.stop()?;
-        ensure!(status.success(), "{what}: prhelper exit {status}");
-    }
-
-    // REGISTER reaches both paths (SG_IO on the map would reach one: mpath_fixture).
     const A: u64 = 0xa1;
-    t.expect_good("REGISTER 0 -> A", Register, 0, &keys(0, A))?;
-    expect_legs(&lun, A, &legs, "after REGISTER")?;
-    let k = t.read_keys()?;
-    ensure!(k == [A, A], "READ KEYS through prhelper: {k:x?}");
-
-    // RESERVE, then RESERVE again with dm preferring the path that does not hold it.
-    t.expect_good("RESERVE WE_RO", Reserve, 5, &keys(A, 0))?;
-    let regs = lio_view(&lun, OBSERVER)?;
-    let (h, hk, ty) = holder(&lun, &regs).ok_or("no holder after RESERVE")?;
-    ensure!(
-        legs.contains(&h) && hk == A && ty.contains("registrants only"),
-        "holder after RESERVE: leg {h} {hk:#x} {ty}"
-    );
-    let other = 1 - h;
-    map.fail_path(h)?; // dm now tries `other` first: it answers RESERVATION CONFLICT
-    t.expect_good(
-        "RESERVE again, holder path failed in dm",
-        Reserve,
-        5,
-        &keys(A, 0),
-    )?;
-    map.reinstate_path(h)?;
-    let rr = t.read_reservation()?;
-    ensure!(
-        rr.reservation.map(|r| (r.key, r.pr_type)) == Some((A, 5)),
-        "READ RESERVATION: {rr:?}"
-    );
-
-    // RELEASE while the holding path is down (LIO: the nexus is gone; dm does not know).
-    map.path_offline(h)?;
-    t.expect_good("RELEASE, holding path offline", Release, 5, &keys(A, 0))?;
-    let regs = lio_view(&lun, OBSERVER)?;
-    ensure!(
-        holder(&lun, &regs).is_none(),
-        "still reserved after RELEASE: {}",
-        show(&regs, &lun)
-    );
-    ensure!(
-        legs_with_key(&regs, &lun, A).contains(&other),
-        "reachable path lost its key: {}",
-        show(&regs, &lun)
-    );
-    map.path_online(h)?;
-    settle(&map.paths()[h].disk);
-    t.expect_good(
-        "REGISTER AND IGNORE A (restore)",
-        RegisterAndIgnore,
-        0,
-        &keys(0, A),
-    )?;
-    expect_legs(&lun, A, &legs, "after restoring")?;
-
-    // REGISTER (key change) while one path is down: the old key is removed from that
-    // path's nexus too (PREEMPT through the other). Then a REGISTER where that path
-    // conflicts (it holds a key of its own): retried with REGISTER AND IGNORE.
     const A2: u64 = 0xa2;
     const A3: u64 = 0xa3;
-    map.path_offline(1)?;
-    t.expect_good(
-        "REGISTER A -> A2, path 1 offline",
-        Register,
-        0,
-        &keys(A, A2),
-    )?;
-    expect_legs(&lun, A2, &[0], "A2 with path 1 offline")?;
-    map.path_online(1)?;
-    settle(&map.paths()[1].disk);
-    let regs = lio_view(&lun, OBSERVER)?;
-    ensure!(
-        !regs.iter().any(|r| r.leg(&lun) == Some(1)),
-        "path 1 back with a stale registration: {}",
-        show(&regs, &lun)
-    );
-    sg::sg_persist(
-        &map.paths()[1].disk,
-        &["--out", "--register-ignore", "--param-sark=0x5757"],
-    )?
-    .ok()?;
-    t.expect_good(
-        "REGISTER A2 -> A3, path 1 conflicts",
-        Register,
-        0,
-        &keys(A2, A3),
-    )?;
-    expect_legs(&lun, A3, &legs, "after the conflicting REGISTER")?;
-    let log = t.helper.log_text();
-    ensure!(
-        log.contains("Conflict"),
-        "no conflicting path seen in the log"
-    );
-
-    // PREEMPT another host's reservation.
     const B: u64 = 0xb2;
-    sg::register(&obs, B)?;
-    sg::reserve(&obs, B, 1)?.ok()?;
-    t.expect_good("PREEMPT B", Preempt, 1, &keys(A3, B))?;
-    let regs = expect_legs(&lun, A3, &legs, "after PREEMPT of B")?;
-    ensure!(
-        legs_with_key(&regs, &lun, B).is_empty(),
-        "B survived PREEMPT: {}",
-        show(&regs, &lun)
-    );
-    let (h, _, ty) = holder(&lun, &regs).ok_or("no holder after PREEMPT")?;
-    ensure!(
-        legs.contains(&h) && ty == "Write Exclusive",
-        "holder after PREEMPT: leg {h} {ty}"
-    );
-
-    // Self-preempt to change the type: our key must stay on both paths.
-    t.expect_good("PREEMPT own key (type 1 -> 3)", Preempt, 3, &keys(A3, A3))?;
-    let regs = expect_legs(&lun, A3, &legs, "after self-preempt")?;
-    let (h, _, ty) = holder(&lun, &regs).ok_or("no holder after self-preempt")?;
-    ensure!(ty == "Exclusive Access", "type after self-preempt: {ty}");
-
-    // Key change while the holding path is down (and failed in dm).
     const A4: u64 = 0xa4;
-    dead(&map, h)?;
-    t.expect_good(
-        "REGISTER A3 -> A4, holding path down",
-        Register,
-        0,
-        &keys(A3, A4),
-    )?;
-    let regs = lio_view(&lun, OBSERVER)?;
-    let (h2, hk, _) = holder(&lun, &regs).ok_or("no holder after key change")?;
-    ensure!(
-        h2 == 1 - h && hk == A4,
-        "reservation not moved to the new key: {}",
-        show(&regs, &lun)
-    );
-    ensure!(
-        legs_with_key(&regs, &lun, A3).is_empty(),
-        "old key left: {}",
-        show(&regs, &lun)
-    );
-    revive(&map, h)?;
-    t.expect_good(
-        "REGISTER AND IGNORE A4 (restore)",
-        RegisterAndIgnore,
-        0,
-        &keys(0, A4),
-    )?;
-    expect_legs(&lun, A4, &legs, "after restoring A4")?;
-
-    // Unregister while holding the reservation through a dead path.
-    let (h, _, _) = holder(&lun, &lio_view(&lun, OBSERVER)?).ok_or("no holder")?;
-    dead(&map, h)?;
-    t.expect_good(
-        "REGISTER A4 -> 0 while holding, holding path down",
-        Register,
-        0,
-        &keys(A4, 0),
-    )?;
-    let regs = lio_view(&lun, OBSERVER)?;
-    ensure!(
-        holder(&lun, &regs).is_none(),
-        "reservation left behind: {}",
-        show(&regs, &lun)
-    );
-    ensure!(
-        legs_with_key(&regs, &lun, A4).is_empty(),
-        "keys left behind: {}",
-        show(&regs, &lun)
-    );
-    revive(&map, h)?;
-
-    // SPEC_I_PT names the observer once; ALL_TG_PT keeps its bit on every path.
     const C: u64 = 0xc3;
-    let tid = prh::sas_tid(lun.targets[OBSERVER].initiator())?;
-    let p = BasicParams {
-        sa_key: C,
-        transport_ids: Some(vec![tid]),
-        ..Default::default()
-    };
-    t.expect_good("REGISTER C with SPEC_I_PT (observer)", Register, 0, &p)?;
-    expect_legs(&lun, C, &[0, 1, OBSERVER], "after SPEC_I_PT")?;
-    t.expect_good("CLEAR", Clear, 0, &keys(C, 0))?;
-    let regs = lio_view(&lun, OBSERVER)?;
-    ensure!(
-        regs.is_empty(),
-        "registrations after CLEAR: {}",
-        show(&regs, &lun)
-    );
-    let p = BasicParams {
-        sa_key: C,
-        all_tg_pt: true,
-        ..Default::default()
-    };
-    t.expect_good("REGISTER C with ALL_TG_PT", Register, 0, &p)?;
-    let regs = expect_legs(&lun, C, &legs, "after ALL_TG_PT")?;
-    ensure!(
-        regs.iter().all(|r| r.all_tg_pt),
-        "ALL_TG_PT bit lost: {regs:?}"
-    );
-    // LIO: an ALL_TG_PT registration is removed only by an unregister with ALL_TG_PT.
-    let p = BasicParams {
-        key: C,
-        all_tg_pt: true,
-        ..Default::default()
-    };
-    t.expect_good("REGISTER C -> 0 with ALL_TG_PT", Register, 0, &p)?;
-    expect_legs(&lun, C, &[], "after unregistering")?;
-
-    // PREEMPT AND ABORT: its rejection only (an accepted one can deadlock LIO 6.1).
-    let r = t.out(
-        "PREEMPT AND ABORT, unregistered",
-        PreemptAndAbort,
-        1,
-        &keys(0x999, C),
-    )?;
-    expect_reply(
-        "PREEMPT AND ABORT, unregistered",
-        &r,
-        Status::RESERVATION_CONFLICT,
-        None,
-    )?;
-
-    // REGISTER AND MOVE to the observer's port, with the holder path failed in dm so
-    // that the other path (which conflicts) is tried first.
     const M: u64 = 0xe5;
     const MB: u64 = 0xb5;
-    sg::register(&obs, MB)?;
-    let rtpi = lio_view(&lun, OBSERVER)?
-        .iter()
-        .find(|r| r.leg(&lun) == Some(OBSERVER))
-        .map(|r| r.rel_port)
-        .ok_or("observer's registration missing")?;
-    sg::sg_persist(
-        &obs,
-        &[
-            "--out",
-            "--register",
-            &format!("--param-rk=0x{MB:x}"),
-            "--param-sark=0",
-        ],
-    )?
-    .ok()?;
-    t.expect_good("REGISTER M", Register, 0, &keys(0, M))?;
-    t.expect_good("RESERVE WE", Reserve, 1, &keys(M, 0))?;
-    let (h, _, _) =
-        holder(&lun, &lio_view(&lun, OBSERVER)?).ok_or("no holder before REGISTER AND MOVE")?;
-    map.fail_path(h)?;
-    let params = prhelper::scsi::prout::RegisterMoveParams {
-        key: M,
-        sa_key: MB,
-        unreg: false,
-        aptpl: false,
-        relative_target_port: rtpi,
-        transport_id: prh::sas_tid(lun.targets[OBSERVER].initiator())?,
-    }
-    .encode();
-    let cdb = prhelper::scsi::cdb::pr_out(RegisterAndMove, 0, 1, params.len() as u32);
-    let r = t
-        .client
-        .execute(std::os::fd::AsFd::as_fd(&t.dev), &cdb, &params, 0)
-        .map_err(|e| e.to_string())?;
-    println!("  REGISTER AND MOVE to the observer: {}", outcome(&r));
-    expect_reply("REGISTER AND MOVE", &r, Status::GOOD, None).map_err(|e| t.with_log(e))?;
-    map.reinstate_path(h)?;
-    let regs = lio_view(&lun, OBSERVER)?;
-    let (hl, hk, _) = holder(&lun, &regs).ok_or("no holder after REGISTER AND MOVE")?;
-    ensure!(
-        hl == OBSERVER && hk == MB,
-        "after REGISTER AND MOVE: {}",
-        show(&regs, &lun)
-    );
-    ensure!(
-        legs_with_key(&regs, &lun, M) == legs,
-        "our key after REGISTER AND MOVE: {}",
-        show(&regs, &lun)
-    );
-    sg::clear(&obs, MB)?;
-    settle(&map.paths()[0].disk);
-    settle(&map.paths()[1].disk);
-
-    // Every path down: the real path error, never GOOD.
-    map.path_offline(0)?;
-    map.path_offline(1)?;
-    let r = prh::pr_in(&mut t.client, &t.dev, PrInAction::ReadKeys, 8192)?;
-    println!("  READ KEYS, every path offline: {}", outcome(&r));
-    expect_reply(
-        "READ KEYS, every path offline",
-        &r,
-        Status::CHECK_CONDITION,
-        Some(SenseCode::I_T_NEXUS_LOSS),
-    )?;
-    let r = t.out("REGISTER, every path offline", Register, 0, &keys(0, C))?;
-    expect_reply(
-        "REGISTER, every path offline",
-        &r,
-        Status::CHECK_CONDITION,
-        Some(SenseCode::I_T_NEXUS_LOSS),
-    )?;
-    map.path_online(0)?;
-    map.path_online(1)?;
-    settle(&map.paths()[0].disk);
-    settle(&map.paths()[1].disk);
-
-    // The kernel's block PR ioctl on the same map, one path down: dm sends REGISTER to
-    // every path, stops at the failure and unregisters everywhere.
     const D: u64 = 0xd4;
-    map.path_offline(1)?;
-    let start = Instant::now();
-    let rc = ioc_pr_register(map.dev(), 0, D, Duration::from_secs(90));
-    println!(
-        "  IOC_PR_REGISTER on the map, path 1 offline: {rc:?} after {:.1}s",
-        start.elapsed().as_secs_f64()
-    );
-    let regs = lio_view(&lun, OBSERVER)?;
-    println!("  LIO after IOC_PR_REGISTER: [{}]", show(&regs, &lun));
-    ensure!(
-        !matches!(rc, Ok(0)),
-        "IOC_PR_REGISTER succeeded with a path down"
-    );
-    t.expect_good(
-        "prhelper REGISTER AND IGNORE, same state",
-        RegisterAndIgnore,
-        0,
-        &keys(0, D),
-    )?;
-    expect_legs(&lun, D, &[0], "prhelper REGISTER with path 1 offline")?;
-    map.path_online(1)?;
-    settle(&map.paths()[1].disk);
-    t.expect_good(
-        "REGISTER AND IGNORE 0 (clean up)",
-        RegisterAndIgnore,
-        0,
-        &keys(0, 0),
+
+    step("--multipath=off: one leg, CAP_SYS_ADMIN dropped", || {
+        // --multipath=off: CAP_SYS_ADMIN dropped, SG_IO on the map: one leg registered.
+        let cap_eff = |pid: u32| -> Result<String> {
+            let st = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .map_err(|e| e.to_string())?;
+            Ok(st
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .unwrap_or("")
+                .trim()
+                .to_string())
+        };
+        t.read_keys()?;
+        ensure!(
+            cap_eff(t.helper.pid())? == "0000000000220000",
+            "CapEff with multipath on: {}",
+            cap_eff(t.helper.pid())?
+        );
+        {
+            let scratch = scratch_dir("multipath-off")?;
+            let off = prh::start_prhelper(&scratch.join("pr.sock"), &["--multipath=off"])?;
+            let mut c = prh::connect(off.socket())?;
+            // (The socket accepts before privileges are dropped; a reply comes after.)
+            let r = prh::pr_out(&mut c, &t.dev, Register, 0, &keys(0, 0xf0))?;
+            expect_reply("REGISTER with --multipath=off", &r, Status::GOOD, None)?;
+            ensure!(
+                cap_eff(off.pid())? == "0000000000020000",
+                "CapEff with --multipath=off: {}",
+                cap_eff(off.pid())?
+            );
+            let regs = lio_view(&lun, OBSERVER)?;
+            let on = legs_with_key(&regs, &lun, 0xf0);
+            println!("  --multipath=off: REGISTER reached legs {on:?}");
+            ensure!(on.len() == 1, "--multipath=off registered legs {on:?}");
+            sg::sg_persist(
+                &lun.device(on[0]).disk,
+                &["--out", "--register", "--param-rk=0xf0", "--param-sark=0"],
+            )?
+            .ok()?;
+            drop(c);
+            off.stop()?;
+        }
+        Ok(())
+    })?;
+
+    step("no usable device-mapper control node", || {
+        // Without a usable device-mapper control node: (a) none at all (not root, or a
+        // private /dev without it): the map's paths come from sysfs; (b) one whose ioctls
+        // fail: the error is logged and the command goes to the map as is. Neither ends
+        // the daemon.
+        for (what, mount, want) in [
+            (
+                "no /dev/mapper/control",
+                "mount -t tmpfs none /dev/mapper",
+                vec![0, 1],
+            ),
+            (
+                "/dev/mapper/control failing every ioctl",
+                "mount --bind /dev/null /dev/mapper/control",
+                vec![],
+            ),
+        ] {
+            let scratch = scratch_dir("multipath-noctl")?;
+            let wrapper = scratch.join("prhelper-wrapped");
+            std::fs::write(
+                &wrapper,
+                format!(
+                    "#!/bin/sh\nexec unshare -m sh -c '{mount} && exec {} \"$@\"' sh \"$@\"\n",
+                    prh::prhelper_bin().display()
+                ),
+            )
+            .map_err(|e| e.to_string())?;
+            std::fs::set_permissions(
+                &wrapper,
+                std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            )
+            .map_err(|e| e.to_string())?;
+            let h = Helper::start(&wrapper, &scratch.join("pr.sock"), &["-v"])?;
+            let mut c = prh::connect(h.socket())?;
+            let r = prh::pr_out(&mut c, &t.dev, Register, 0, &keys(0, 0xf1))?;
+            println!("  REGISTER with {what}: {}", outcome(&r));
+            expect_reply(what, &r, Status::GOOD, None).map_err(prh::with_log(&h))?;
+            let on = legs_with_key(&lio_view(&lun, OBSERVER)?, &lun, 0xf1);
+            println!("  ... reached legs {on:?}");
+            if want.is_empty() {
+                ensure!(on.len() == 1, "{what}: legs {on:?}");
+                ensure!(
+                    h.log_text().contains("DM_TABLE_STATUS"),
+                    "{what}: no warning:\n{}",
+                    h.log_text()
+                );
+            } else {
+                ensure!(on == want, "{what}: legs {on:?}");
+            }
+            for leg in on {
+                sg::sg_persist(
+                    &lun.device(leg).disk,
+                    &["--out", "--register", "--param-rk=0xf1", "--param-sark=0"],
+                )?
+                .ok()?;
+            }
+            drop(c);
+            let status = h.stop()?;
+            ensure!(status.success(), "{what}: prhelper exit {status}");
+        }
+        Ok(())
+    })?;
+
+    step("REGISTER reaches both paths", || {
+        // REGISTER reaches both paths (SG_IO on the map would reach one: mpath_fixture).
+        t.expect_good("REGISTER 0 -> A", Register, 0, &keys(0, A))?;
+        expect_legs(&lun, A, &legs, "after REGISTER")?;
+        let k = t.read_keys()?;
+        ensure!(k == [A, A], "READ KEYS through prhelper: {k:x?}");
+        Ok(())
+    })?;
+
+    let h = step("RESERVE twice, holder path failed in dm", || {
+        // RESERVE, then RESERVE again with dm preferring the path that does not hold it.
+        t.expect_good("RESERVE WE_RO", Reserve, 5, &keys(A, 0))?;
+        let regs = lio_view(&lun, OBSERVER)?;
+        let (h, hk, ty) = holder(&lun, &regs).ok_or("no holder after RESERVE")?;
+        ensure!(
+            legs.contains(&h) && hk == A && ty.contains("registrants only"),
+            "holder after RESERVE: leg {h} {hk:#x} {ty}"
+        );
+        map.fail_path(h)?; // dm now tries `other` first: it answers RESERVATION CONFLICT
+        t.expect_good(
+            "RESERVE again, holder path failed in dm",
+            Reserve,
+            5,
+            &keys(A, 0),
+        )?;
+        map.reinstate_path(h)?;
+        let rr = t.read_reservation()?;
+        ensure!(
+            rr.reservation.map(|r| (r.key, r.pr_type)) == Some((A, 5)),
+            "READ RESERVATION: {rr:?}"
+        );
+        Ok(h)
+    })?;
+
+    let other = 1 - h;
+    step("RELEASE with the holding path offline", || {
+        // RELEASE while the holding path is down (LIO: the nexus is gone; dm does not know).
+        map.path_offline(h)?;
+        t.expect_good("RELEASE, holding path offline", Release, 5, &keys(A, 0))?;
+        let regs = lio_view(&lun, OBSERVER)?;
+        ensure!(
+            holder(&lun, &regs).is_none(),
+            "still reserved after RELEASE: {}",
+            show(&regs, &lun)
+        );
+        ensure!(
+            legs_with_key(&regs, &lun, A).contains(&other),
+            "reachable path lost its key: {}",
+            show(&regs, &lun)
+        );
+        map.path_online(h)?;
+        settle(&map.paths()[h].disk);
+        t.expect_good(
+            "REGISTER AND IGNORE A (restore)",
+            RegisterAndIgnore,
+            0,
+            &keys(0, A),
+        )?;
+        expect_legs(&lun, A, &legs, "after restoring")?;
+        Ok(())
+    })?;
+
+    step(
+        "key change with a path down, then a conflicting path",
+        || {
+            // REGISTER (key change) while one path is down: the old key is removed from that
+            // path's nexus too (PREEMPT through the other). Then a REGISTER where that path
+            // conflicts (it holds a key of its own): retried with REGISTER AND IGNORE.
+            map.path_offline(1)?;
+            t.expect_good(
+                "REGISTER A -> A2, path 1 offline",
+                Register,
+                0,
+                &keys(A, A2),
+            )?;
+            expect_legs(&lun, A2, &[0], "A2 with path 1 offline")?;
+            map.path_online(1)?;
+            settle(&map.paths()[1].disk);
+            let regs = lio_view(&lun, OBSERVER)?;
+            ensure!(
+                !regs.iter().any(|r| r.leg(&lun) == Some(1)),
+                "path 1 back with a stale registration: {}",
+                show(&regs, &lun)
+            );
+            sg::sg_persist(
+                &map.paths()[1].disk,
+                &["--out", "--register-ignore", "--param-sark=0x5757"],
+            )?
+            .ok()?;
+            t.expect_good(
+                "REGISTER A2 -> A3, path 1 conflicts",
+                Register,
+                0,
+                &keys(A2, A3),
+            )?;
+            expect_legs(&lun, A3, &legs, "after the conflicting REGISTER")?;
+            let log = t.helper.log_text();
+            ensure!(
+                log.contains("Conflict"),
+                "no conflicting path seen in the log"
+            );
+            Ok(())
+        },
     )?;
 
-    // The map is torn down under the held fd (`dmsetup remove --force` swaps in an
-    // error table): the device-mapper answer changes, the daemon must not care.
-    let fds = prh::fd_count(t.helper.pid())?;
-    // Fails with EBUSY (our fd), after loading the error table, which is the point.
-    let o = run(
-        "dmsetup",
-        &["--noudevsync", "remove", "--force", map.name()],
-    )?;
-    println!(
-        "  dmsetup remove --force with the fd held: exit {}",
-        o.status
-    );
-    let table = run_ok("dmsetup", &["table", map.name()])
-        .map(|o| o.stdout)
-        .unwrap_or_default();
-    println!("  map after dmsetup remove --force: {:?}", table.trim());
-    let r = prh::pr_in(&mut t.client, &t.dev, PrInAction::ReadKeys, 8192)?;
-    println!("  READ KEYS on the torn-down map: {}", outcome(&r));
-    ensure!(
-        r.status != Status::GOOD,
-        "GOOD from a map with an error table"
-    );
-    let mut c2 = prh::connect(t.helper.socket())?;
-    let leg0 = prh::open_rw(&lun.device(0).disk)?;
-    let r = prh::pr_in(&mut c2, &leg0, PrInAction::ReadKeys, 8192)?;
-    expect_reply(
-        "READ KEYS on a leg after the map went",
-        &r,
-        Status::GOOD,
-        None,
-    )?;
-    ensure!(
-        prh::fd_count(t.helper.pid())? == fds + 1,
-        "fd count {} -> {}",
-        fds,
-        prh::fd_count(t.helper.pid())?
-    );
-    drop((c2, leg0));
+    step("PREEMPT another host's reservation", || {
+        // PREEMPT another host's reservation.
+        sg::register(&obs, B)?;
+        sg::reserve(&obs, B, 1)?.ok()?;
+        t.expect_good("PREEMPT B", Preempt, 1, &keys(A3, B))?;
+        let regs = expect_legs(&lun, A3, &legs, "after PREEMPT of B")?;
+        ensure!(
+            legs_with_key(&regs, &lun, B).is_empty(),
+            "B survived PREEMPT: {}",
+            show(&regs, &lun)
+        );
+        let (h, _, ty) = holder(&lun, &regs).ok_or("no holder after PREEMPT")?;
+        ensure!(
+            legs.contains(&h) && ty == "Write Exclusive",
+            "holder after PREEMPT: leg {h} {ty}"
+        );
+        Ok(())
+    })?;
 
-    let Through {
-        helper,
-        client,
-        dev,
-    } = t;
-    drop((client, dev));
-    // No multipathd in this case: it works, and says so once.
-    let log = helper.log_text();
-    let warnings = log.matches("multipathd not reachable").count();
-    ensure!(
-        warnings == 1,
-        "{warnings} 'multipathd not reachable' warnings:\n{}",
-        tail(&log, 20)
-    );
-    let status = helper.stop()?;
-    ensure!(status.success(), "prhelper exit: {status}");
-    let _ = map.remove();
-    Ok(())
+    let h = step("self-preempt to change the type", || {
+        // Self-preempt to change the type: our key must stay on both paths.
+        t.expect_good("PREEMPT own key (type 1 -> 3)", Preempt, 3, &keys(A3, A3))?;
+        let regs = expect_legs(&lun, A3, &legs, "after self-preempt")?;
+        let (h, _, ty) = holder(&lun, &regs).ok_or("no holder after self-preempt")?;
+        ensure!(ty == "Exclusive Access", "type after self-preempt: {ty}");
+        Ok(h)
+    })?;
+
+    step("key change with the holding path down", || {
+        // Key change while the holding path is down (and failed in dm).
+        dead(&map, h)?;
+        t.expect_good(
+            "REGISTER A3 -> A4, holding path down",
+            Register,
+            0,
+            &keys(A3, A4),
+        )?;
+        let regs = lio_view(&lun, OBSERVER)?;
+        let (h2, hk, _) = holder(&lun, &regs).ok_or("no holder after key change")?;
+        ensure!(
+            h2 == 1 - h && hk == A4,
+            "reservation not moved to the new key: {}",
+            show(&regs, &lun)
+        );
+        ensure!(
+            legs_with_key(&regs, &lun, A3).is_empty(),
+            "old key left: {}",
+            show(&regs, &lun)
+        );
+        revive(&map, h)?;
+        t.expect_good(
+            "REGISTER AND IGNORE A4 (restore)",
+            RegisterAndIgnore,
+            0,
+            &keys(0, A4),
+        )?;
+        expect_legs(&lun, A4, &legs, "after restoring A4")?;
+        Ok(())
+    })?;
+
+    step("unregister while holding through a dead path", || {
+        // Unregister while holding the reservation through a dead path.
+        let (h, _, _) = holder(&lun, &lio_view(&lun, OBSERVER)?).ok_or("no holder")?;
+        dead(&map, h)?;
+        t.expect_good(
+            "REGISTER A4 -> 0 while holding, holding path down",
+            Register,
+            0,
+            &keys(A4, 0),
+        )?;
+        let regs = lio_view(&lun, OBSERVER)?;
+        ensure!(
+            holder(&lun, &regs).is_none(),
+            "reservation left behind: {}",
+            show(&regs, &lun)
+        );
+        ensure!(
+            legs_with_key(&regs, &lun, A4).is_empty(),
+            "keys left behind: {}",
+            show(&regs, &lun)
+        );
+        revive(&map, h)?;
+        Ok(())
+    })?;
+
+    step("SPEC_I_PT and ALL_TG_PT", || {
+        // SPEC_I_PT names the observer once; ALL_TG_PT keeps its bit on every path.
+        let tid = prh::sas_tid(lun.targets[OBSERVER].initiator())?;
+        let p = BasicParams {
+            sa_key: C,
+            transport_ids: Some(vec![tid]),
+            ..Default::default()
+        };
+        t.expect_good("REGISTER C with SPEC_I_PT (observer)", Register, 0, &p)?;
+        expect_legs(&lun, C, &[0, 1, OBSERVER], "after SPEC_I_PT")?;
+        t.expect_good("CLEAR", Clear, 0, &keys(C, 0))?;
+        let regs = lio_view(&lun, OBSERVER)?;
+        ensure!(
+            regs.is_empty(),
+            "registrations after CLEAR: {}",
+            show(&regs, &lun)
+        );
+        let p = BasicParams {
+            sa_key: C,
+            all_tg_pt: true,
+            ..Default::default()
+        };
+        t.expect_good("REGISTER C with ALL_TG_PT", Register, 0, &p)?;
+        let regs = expect_legs(&lun, C, &legs, "after ALL_TG_PT")?;
+        ensure!(
+            regs.iter().all(|r| r.all_tg_pt),
+            "ALL_TG_PT bit lost: {regs:?}"
+        );
+        // LIO: an ALL_TG_PT registration is removed only by an unregister with ALL_TG_PT.
+        let p = BasicParams {
+            key: C,
+            all_tg_pt: true,
+            ..Default::default()
+        };
+        t.expect_good("REGISTER C -> 0 with ALL_TG_PT", Register, 0, &p)?;
+        expect_legs(&lun, C, &[], "after unregistering")?;
+        Ok(())
+    })?;
+
+    step("PREEMPT AND ABORT rejected", || {
+        // PREEMPT AND ABORT: its rejection only (an accepted one can deadlock LIO 6.1).
+        let r = t.out(
+            "PREEMPT AND ABORT, unregistered",
+            PreemptAndAbort,
+            1,
+            &keys(0x999, C),
+        )?;
+        expect_reply(
+            "PREEMPT AND ABORT, unregistered",
+            &r,
+            Status::RESERVATION_CONFLICT,
+            None,
+        )?;
+        Ok(())
+    })?;
+
+    step(
+        "REGISTER AND MOVE with the conflicting path tried first",
+        || {
+            // REGISTER AND MOVE to the observer's port, with the holder path failed in dm so
+            // that the other path (which conflicts) is tried first.
+            sg::register(&obs, MB)?;
+            let rtpi = lio_view(&lun, OBSERVER)?
+                .iter()
+                .find(|r| r.leg(&lun) == Some(OBSERVER))
+                .map(|r| r.rel_port)
+                .ok_or("observer's registration missing")?;
+            sg::sg_persist(
+                &obs,
+                &[
+                    "--out",
+                    "--register",
+                    &format!("--param-rk=0x{MB:x}"),
+                    "--param-sark=0",
+                ],
+            )?
+            .ok()?;
+            t.expect_good("REGISTER M", Register, 0, &keys(0, M))?;
+            t.expect_good("RESERVE WE", Reserve, 1, &keys(M, 0))?;
+            let (h, _, _) = holder(&lun, &lio_view(&lun, OBSERVER)?)
+                .ok_or("no holder before REGISTER AND MOVE")?;
+            map.fail_path(h)?;
+            let params = prhelper::scsi::prout::RegisterMoveParams {
+                key: M,
+                sa_key: MB,
+                unreg: false,
+                aptpl: false,
+                relative_target_port: rtpi,
+                transport_id: prh::sas_tid(lun.targets[OBSERVER].initiator())?,
+            }
+            .encode();
+            let cdb = prhelper::scsi::cdb::pr_out(RegisterAndMove, 0, 1, params.len() as u32);
+            let r = t
+                .client
+                .execute(std::os::fd::AsFd::as_fd(&t.dev), &cdb, &params, 0)
+                .map_err(|e| e.to_string())?;
+            println!("  REGISTER AND MOVE to the observer: {}", outcome(&r));
+            expect_reply("REGISTER AND MOVE", &r, Status::GOOD, None).map_err(|e| t.with_log(e))?;
+            map.reinstate_path(h)?;
+            let regs = lio_view(&lun, OBSERVER)?;
+            let (hl, hk, _) = holder(&lun, &regs).ok_or("no holder after REGISTER AND MOVE")?;
+            ensure!(
+                hl == OBSERVER && hk == MB,
+                "after REGISTER AND MOVE: {}",
+                show(&regs, &lun)
+            );
+            ensure!(
+                legs_with_key(&regs, &lun, M) == legs,
+                "our key after REGISTER AND MOVE: {}",
+                show(&regs, &lun)
+            );
+            sg::clear(&obs, MB)?;
+            settle(&map.paths()[0].disk);
+            settle(&map.paths()[1].disk);
+            Ok(())
+        },
+    )?;
+
+    step("every path down", || {
+        // Every path down: the real path error, never GOOD.
+        map.path_offline(0)?;
+        map.path_offline(1)?;
+        let r = prh::pr_in(&mut t.client, &t.dev, PrInAction::ReadKeys, 8192)?;
+        println!("  READ KEYS, every path offline: {}", outcome(&r));
+        expect_reply(
+            "READ KEYS, every path offline",
+            &r,
+            Status::CHECK_CONDITION,
+            Some(SenseCode::I_T_NEXUS_LOSS),
+        )?;
+        let r = t.out("REGISTER, every path offline", Register, 0, &keys(0, C))?;
+        expect_reply(
+            "REGISTER, every path offline",
+            &r,
+            Status::CHECK_CONDITION,
+            Some(SenseCode::I_T_NEXUS_LOSS),
+        )?;
+        map.path_online(0)?;
+        map.path_online(1)?;
+        settle(&map.paths()[0].disk);
+        settle(&map.paths()[1].disk);
+        Ok(())
+    })?;
+
+    step("the kernel's IOC_PR_REGISTER for contrast", || {
+        // The kernel's block PR ioctl on the same map, one path down: dm sends REGISTER to
+        // every path, stops at the failure and unregisters everywhere.
+        map.path_offline(1)?;
+        let start = Instant::now();
+        let rc = ioc_pr_register(map.dev(), 0, D, Duration::from_secs(90));
+        println!(
+            "  IOC_PR_REGISTER on the map, path 1 offline: {rc:?} after {:.1}s",
+            start.elapsed().as_secs_f64()
+        );
+        let regs = lio_view(&lun, OBSERVER)?;
+        println!("  LIO after IOC_PR_REGISTER: [{}]", show(&regs, &lun));
+        ensure!(
+            !matches!(rc, Ok(0)),
+            "IOC_PR_REGISTER succeeded with a path down"
+        );
+        t.expect_good(
+            "prhelper REGISTER AND IGNORE, same state",
+            RegisterAndIgnore,
+            0,
+            &keys(0, D),
+        )?;
+        expect_legs(&lun, D, &[0], "prhelper REGISTER with path 1 offline")?;
+        map.path_online(1)?;
+        settle(&map.paths()[1].disk);
+        t.expect_good(
+            "REGISTER AND IGNORE 0 (clean up)",
+            RegisterAndIgnore,
+            0,
+            &keys(0, 0),
+        )?;
+        Ok(())
+    })?;
+
+    step("the map torn down under the held fd", || {
+        // The map is torn down under the held fd (`dmsetup remove --force` swaps in an
+        // error table): the device-mapper answer changes, the daemon must not care.
+        let fds = prh::fd_count(t.helper.pid())?;
+        // Fails with EBUSY (our fd), after loading the error table, which is the point.
+        let o = run(
+            "dmsetup",
+            &["--noudevsync", "remove", "--force", map.name()],
+        )?;
+        println!(
+            "  dmsetup remove --force with the fd held: exit {}",
+            o.status
+        );
+        let table = run_ok("dmsetup", &["table", map.name()])
+            .map(|o| o.stdout)
+            .unwrap_or_default();
+        println!("  map after dmsetup remove --force: {:?}", table.trim());
+        let r = prh::pr_in(&mut t.client, &t.dev, PrInAction::ReadKeys, 8192)?;
+        println!("  READ KEYS on the torn-down map: {}", outcome(&r));
+        ensure!(
+            r.status != Status::GOOD,
+            "GOOD from a map with an error table"
+        );
+        let mut c2 = prh::connect(t.helper.socket())?;
+        let leg0 = prh::open_rw(&lun.device(0).disk)?;
+        let r = prh::pr_in(&mut c2, &leg0, PrInAction::ReadKeys, 8192)?;
+        expect_reply(
+            "READ KEYS on a leg after the map went",
+            &r,
+            Status::GOOD,
+            None,
+        )?;
+        ensure!(
+            prh::fd_count(t.helper.pid())? == fds + 1,
+            "fd count {} -> {}",
+            fds,
+            prh::fd_count(t.helper.pid())?
+        );
+        drop((c2, leg0));
+        Ok(())
+    })?;
+
+    step("stop: one 'multipathd not reachable' warning", || {
+        let Through {
+            helper,
+            client,
+            dev,
+        } = t;
+        drop((client, dev));
+        // No multipathd in this case: it works, and says so once.
+        let log = helper.log_text();
+        let warnings = log.matches("multipathd not reachable").count();
+        ensure!(
+            warnings == 1,
+            "{warnings} 'multipathd not reachable' warnings:\n{}",
+            tail(&log, 20)
+        );
+        let status = helper.stop()?;
+        ensure!(status.success(), "prhelper exit: {status}");
+        let _ = map.remove();
+        Ok(())
+    })
 }
 
 /// `IOC_PR_REGISTER` on `dev`, in a thread so that a hang is reported, not inherited.
