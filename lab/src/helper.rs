@@ -2,7 +2,7 @@
 //! Running a PR helper daemon (Debian's C `qemu-pr-helper` or prhelper) in
 //! the lab VM: both take the same command line.
 
-use crate::util::{read_attr, wait_for};
+use crate::util::{exited, read_attr, wait_for};
 use crate::{bail, Result};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -49,13 +49,7 @@ impl Helper {
         };
         let what = format!("{} to accept on {}", binary.display(), socket.display());
         wait_for(&what, Duration::from_secs(10), || {
-            if let Some(status) = helper
-                .child
-                .as_mut()
-                .unwrap()
-                .try_wait()
-                .map_err(|e| e.to_string())?
-            {
+            if let Some(status) = exited(helper.child.as_mut().unwrap())? {
                 bail!(
                     "{} exited early ({status}); its log:\n{}",
                     binary.display(),
@@ -107,14 +101,14 @@ impl Helper {
         let Some(mut child) = self.child.take() else {
             bail!("{} already stopped", self.binary.display());
         };
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+        if let Some(status) = exited(&mut child)? {
             return Ok(status);
         }
         // SAFETY: plain kill(2) on our own child's pid, which we have not reaped.
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            if let Some(status) = exited(&mut child)? {
                 return Ok(status);
             }
             std::thread::sleep(Duration::from_millis(20));

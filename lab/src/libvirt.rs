@@ -10,7 +10,7 @@
 //! the guest and the outer VM signal each other.
 
 use crate::nested::FAST_KERNEL_ARGS;
-use crate::util::{lab_dir, project_root, run, wait_for};
+use crate::util::{exited, lab_dir, project_root, run, wait_for};
 use crate::{bail, Result};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -51,13 +51,7 @@ impl Libvirtd {
         };
         let started = Instant::now();
         wait_for("libvirtd to answer", Duration::from_secs(90), || {
-            if let Some(st) = d
-                .child
-                .as_mut()
-                .unwrap()
-                .try_wait()
-                .map_err(|e| e.to_string())?
-            {
+            if let Some(st) = exited(d.child.as_mut().unwrap())? {
                 bail!("libvirtd exited ({st}); its log:\n{}", d.log_tail(40));
             }
             if d.virsh(&["version"]).is_ok() {

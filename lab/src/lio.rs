@@ -160,10 +160,9 @@ impl Backstore {
     }
 
     fn teardown(&mut self) -> Result<()> {
-        if self.removed {
+        if std::mem::replace(&mut self.removed, true) {
             return Ok(());
         }
-        self.removed = true;
         for dir in [&self.dev_dir, &self.hba_dir] {
             if dir.exists() {
                 std::fs::remove_dir(dir)
@@ -338,10 +337,9 @@ impl Target {
     }
 
     fn teardown(&mut self) -> Result<()> {
-        if self.removed {
+        if std::mem::replace(&mut self.removed, true) {
             return Ok(());
         }
-        self.removed = true;
         for acl in std::mem::take(&mut self.acls) {
             let mapped = acl.join("lun_0");
             let link = mapped.join("lun");

@@ -15,7 +15,7 @@
 //! Under TCG-in-TCG a nested boot takes a minute or two: give it a generous
 //! timeout.
 
-use crate::util::{is_nested, lab_dir};
+use crate::util::{exited, is_nested, lab_dir};
 use crate::{bail, Result};
 use std::fmt::Write as _;
 use std::io::Read;
@@ -225,7 +225,7 @@ impl NestedGuest {
         let deadline = start + self.timeout;
         let mut timed_out = false;
         let qemu_status = loop {
-            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            if let Some(status) = exited(&mut child)? {
                 break status;
             }
             if Instant::now() >= deadline {
@@ -386,4 +386,18 @@ pub fn shell_quote(s: &str) -> String {
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A guest script fragment: mount the 9p share `sig` (the outer side's
+/// `-fsdev ...,mount_tag=sig`), create `phase1` in it, and wait up to `wait_s` seconds
+/// for the outer side to create `go` (exit 13: no share; 14: no `go` in time).
+pub fn guest_pause(wait_s: u32) -> String {
+    format!(
+        "mkdir -p /tmp/sig && mount -t 9p -o trans=virtio,version=9p2000.L sig /tmp/sig || exit 13\n\
+         touch /tmp/sig/phase1 || exit 13\n\
+         for _ in $(seq {}); do [ -e /tmp/sig/go ] && break; sleep 0.5; done\n\
+         [ -e /tmp/sig/go ] || exit 14\n\
+         echo '@@ helper restarted; PR commands again'\n",
+        wait_s * 2
+    )
 }

@@ -16,7 +16,7 @@
 //! Each `podman` call costs 2–10 s under TCG (mostly the Go runtime's start-up in the
 //! kernel): keep them few. One `Podman` at a time per VM.
 
-use crate::util::{mkdir_all, run, Output};
+use crate::util::{all_ok, mkdir_all, run, Output};
 use crate::{bail, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -148,10 +148,9 @@ impl Podman {
     }
 
     fn teardown(&mut self) -> Result<()> {
-        if self.stopped {
+        if std::mem::replace(&mut self.stopped, true) {
             return Ok(());
         }
-        self.stopped = true;
         let mut errors = Vec::new();
         match self.cmd(&["rm", "--all", "--force", "--time", "0"]) {
             Ok(o) if o.status == 0 => {}
@@ -166,11 +165,7 @@ impl Podman {
         }
         let _ = std::fs::remove_dir_all(STORAGE_DIR);
         let _ = std::fs::remove_dir_all(RUN_DIR);
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors.join("; "))
-        }
+        all_ok(errors)
     }
 }
 

@@ -133,6 +133,23 @@ pub fn keys(key: u64, sa_key: u64) -> BasicParams {
     }
 }
 
+/// A REGISTER parameter list with service action key `sa_key` and the given flags.
+pub fn register_flags(
+    sa_key: u64,
+    aptpl: bool,
+    all_tg_pt: bool,
+    transport_ids: Option<Vec<TransportId>>,
+) -> Vec<u8> {
+    BasicParams {
+        key: 0,
+        sa_key,
+        aptpl,
+        all_tg_pt,
+        transport_ids,
+    }
+    .encode()
+}
+
 /// The SAS TransportID of a tcm_loop initiator WWN (`naa.5001405…`).
 pub fn sas_tid(initiator: &str) -> Result<TransportId> {
     let hex = initiator.trim_start_matches("naa.");

@@ -59,11 +59,16 @@ pub fn read_keys(dev: &Path) -> Result<Vec<u64>> {
 /// Parse `sg_persist --read-keys` output: indented `0x…` lines after the
 /// "registered reservation keys follow" header.
 pub fn parse_keys(text: &str) -> Result<Vec<u64>> {
+    parse_keys_of("sg_persist", text)
+}
+
+/// Parse READ KEYS output of `tool` (sg_persist and mpathpersist print the same).
+pub fn parse_keys_of(tool: &str, text: &str) -> Result<Vec<u64>> {
     if text.contains("there are NO registered reservation keys") {
         return Ok(Vec::new());
     }
     if !text.contains("registered reservation key") {
-        bail!("unexpected sg_persist --read-keys output:\n{text}");
+        bail!("unexpected {tool} --read-keys output:\n{text}");
     }
     text.lines()
         .map(str::trim)

@@ -178,9 +178,64 @@ pub fn indent(text: &str) -> String {
         .join("\n")
 }
 
+/// `Ok` when a teardown collected no errors, else all of them in one message.
+pub fn all_ok(errors: Vec<String>) -> Result<()> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
 /// Run one named step of a case: the step is printed as it starts, and its error is
 /// prefixed by its name, so that a failure says which step failed.
 pub fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     println!("  step: {name}");
     f().map_err(|e| format!("step \"{name}\": {e}"))
+}
+
+/// The exit status of `child` if it has exited (reaped), `None` while it runs.
+pub fn exited(child: &mut std::process::Child) -> Result<Option<std::process::ExitStatus>> {
+    child.try_wait().map_err(|e| e.to_string())
+}
+
+/// The seed of a randomised case: `PRHELPER_LAB_SEED` when set (to replay a run), else
+/// from the clock. Always odd (xorshift needs a non-zero state).
+pub fn seed_from_env() -> Result<u64> {
+    let seed = match std::env::var("PRHELPER_LAB_SEED") {
+        Ok(s) => s
+            .parse()
+            .map_err(|e| format!("PRHELPER_LAB_SEED={s}: {e}"))?,
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1),
+    };
+    Ok(seed | 1)
+}
+
+/// xorshift64*: small, seedable, good enough to pick commands and kill times.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform enough in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    pub fn pick<T: Copy>(&mut self, v: &[T]) -> T {
+        v[self.below(v.len() as u64) as usize]
+    }
+
+    /// True `percent` times in 100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
 }

@@ -274,16 +274,7 @@ fn script(tids: &[TransportId; 3]) -> Vec<Step> {
     v.push(r_in(B, 0, 8192));
     // APTPL, ALL_TG_PT.
     v.push(Phase("APTPL and ALL_TG_PT"));
-    let flags = |key, aptpl, all_tg_pt, tids: Option<Vec<TransportId>>| {
-        BasicParams {
-            key: 0,
-            sa_key: key,
-            aptpl,
-            all_tg_pt,
-            transport_ids: tids,
-        }
-        .encode()
-    };
+    let flags = prh::register_flags;
     v.push(Reset);
     v.push(r_out(A, 0, 0, flags(key_a, true, false, None)));
     v.push(r_in(B, 2, 8192));

@@ -42,7 +42,7 @@ use prhelper_lab::lio::SharedLun;
 use prhelper_lab::mpath::{self, Multipathd, Registration};
 use prhelper_lab::nested::tail;
 use prhelper_lab::prh::{self, keys, outcome};
-use prhelper_lab::util::{read_attr, scratch_dir};
+use prhelper_lab::util::{read_attr, scratch_dir, seed_from_env, Rng};
 use prhelper_lab::{bail, ensure, Result};
 
 const OBSERVER: usize = 2;
@@ -264,21 +264,6 @@ fn show(lun: &SharedLun, regs: &[Registration]) -> String {
 fn suspended(devnum: (u32, u32)) -> Result<bool> {
     let p = format!("/sys/dev/block/{}:{}/dm/suspended", devnum.0, devnum.1);
     Ok(read_attr(Path::new(&p))?.trim() == "1")
-}
-
-/// xorshift64*.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 /// The observing leg, driven in-process (SG_IO on its disk): spawning sg_persist for
@@ -622,15 +607,7 @@ pub fn multipath_crash() -> Result<()> {
             .map_err(|e| format!("PRHELPER_LAB_CRASH_ROUNDS={s}: {e}"))?,
         Err(_) => 12,
     };
-    let seed = match std::env::var("PRHELPER_LAB_SEED") {
-        Ok(s) => s
-            .parse()
-            .map_err(|e| format!("PRHELPER_LAB_SEED={s}: {e}"))?,
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64 | 1)
-            .unwrap_or(1),
-    };
+    let seed = seed_from_env()?;
     println!(
         "  multipath_crash: seed {seed} (replay with PRHELPER_LAB_SEED={seed}), {rounds} rounds"
     );

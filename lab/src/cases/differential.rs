@@ -18,7 +18,7 @@ use prhelper::scsi::Status;
 use prhelper_lab::helper::{Helper, C_HELPER};
 use prhelper_lab::lio::{self, Backstore, Target};
 use prhelper_lab::prh::{self, open_rw, outcome, sense_len};
-use prhelper_lab::util::{indent, scratch_dir};
+use prhelper_lab::util::{indent, scratch_dir, seed_from_env, Rng};
 use prhelper_lab::{bail, ensure, Result};
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -166,27 +166,6 @@ fn compare(req: &Request, ours: &Response, theirs: &Response) -> Result<()> {
     Ok(())
 }
 
-/// xorshift64*: small, seedable, good enough to pick commands.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick<T: Copy>(&mut self, v: &[T]) -> T {
-        v[self.below(v.len() as u64) as usize]
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
 /// The scripted sequence: every action, type and flag, and CDBs the LU rejects.
 fn scripted(tid: [&TransportId; 2]) -> Vec<Request> {
     use Request as R;
@@ -229,16 +208,7 @@ fn scripted(tid: [&TransportId; 2]) -> Vec<Request> {
     v.push(R::pr_out(1, 3, 0, basic(7, 0).encode())); // CLEAR, wrong key
     v.push(R::pr_out(1, 3, 0, basic(2, 0).encode())); // CLEAR
                                                       // APTPL, ALL_TG_PT, SPEC_I_PT.
-    let flags = |key, aptpl, all_tg_pt, tids: Option<Vec<TransportId>>| {
-        BasicParams {
-            key: 0,
-            sa_key: key,
-            aptpl,
-            all_tg_pt,
-            transport_ids: tids,
-        }
-        .encode()
-    };
+    let flags = prh::register_flags;
     v.push(R::pr_out(0, 0, 0, flags(1, true, false, None)));
     v.push(R::pr_in(1, 2, 8192));
     v.push(R::pr_out(1, 0, 0, flags(2, false, true, None)));
@@ -369,15 +339,8 @@ pub fn differential_c_helper() -> Result<()> {
     let tids = [prh::sas_tid(&initiators[0])?, prh::sas_tid(&initiators[1])?];
     let tid = [&tids[0], &tids[1]];
 
-    let seed = match std::env::var("PRHELPER_LAB_SEED") {
-        Ok(s) => s
-            .parse()
-            .map_err(|e| format!("PRHELPER_LAB_SEED={s}: {e}"))?,
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1),
-    } | 1;
+    let seed = seed_from_env()?;
+
     println!("  differential: random seed {seed} (replay with PRHELPER_LAB_SEED={seed})");
 
     let script = scripted(tid);

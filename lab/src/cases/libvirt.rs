@@ -19,7 +19,7 @@ use prhelper::scsi::prin::ReadKeys;
 use prhelper_lab::libvirt::{helpers_of, Domain, Libvirtd, Reservations};
 use prhelper_lab::lio::SharedLun;
 use prhelper_lab::mpath::{self, legs_with_key, lio_view, Map};
-use prhelper_lab::nested::tail;
+use prhelper_lab::nested::{guest_pause, tail};
 use prhelper_lab::prh;
 use prhelper_lab::util::{expect_contains, run_ok, scratch_dir, wait_for};
 use prhelper_lab::{bail, ensure, sg, Result};
@@ -158,6 +158,7 @@ fn keys_through(socket: &Path, dev: &Path) -> Result<Vec<u64>> {
 /// then wait for the outer VM (helper killed and restarted), then READ KEYS, a key
 /// change on each disk, READ KEYS on the `/dev/dm-N` map.
 fn guest_script() -> String {
+    let pause = guest_pause(1200);
     format!(
         "set -x\n\
          P=$(disk 0) && M=$(disk 1) && N=$(disk 2) && U=$(disk 3) || exit 20\n\
@@ -166,11 +167,7 @@ fn guest_script() -> String {
          \x20   sg_persist --in --read-keys $d || exit 11\n\
          done\n\
          sg_persist --out --reserve --param-rk=0x{KEY:x} --prout-type=5 $M || exit 12\n\
-         mkdir -p /tmp/sig && mount -t 9p -o trans=virtio,version=9p2000.L sig /tmp/sig || exit 13\n\
-         touch /tmp/sig/phase1 || exit 13\n\
-         for _ in $(seq 2400); do [ -e /tmp/sig/go ] && break; sleep 0.5; done\n\
-         [ -e /tmp/sig/go ] || exit 14\n\
-         echo '@@ helper restarted; PR commands again'\n\
+         {pause}\
          sg_persist --in --read-keys $P || exit 15\n\
          for d in $P $M $N $U; do\n\
          \x20   sg_persist --out --register --param-rk=0x{KEY:x} --param-sark=0x{KEY2:x} $d || exit 16\n\

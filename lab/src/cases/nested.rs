@@ -4,7 +4,7 @@
 
 use prhelper_lab::helper::{Helper, C_HELPER};
 use prhelper_lab::lio::SharedLun;
-use prhelper_lab::nested::{tail, NestedGuest, NestedOutcome, Passthrough};
+use prhelper_lab::nested::{guest_pause, tail, NestedGuest, NestedOutcome, Passthrough};
 use prhelper_lab::prh;
 use prhelper_lab::util::{expect_contains, scratch_dir};
 use prhelper_lab::{bail, ensure, sg, Result};
@@ -60,6 +60,7 @@ pub fn nested_qemu_prhelper() -> Result<()> {
     let first = prh::start_prhelper(&sock, &[])?;
     let mut c_helper = Helper::start(Path::new(C_HELPER), &scratch.join("c.sock"), &[])?;
 
+    let pause = guest_pause(600);
     let script = format!(
         "set -x\n\
          P=$(disk 0) && C=$(disk 1) && G=$(disk 2) || exit 20\n\
@@ -67,11 +68,7 @@ pub fn nested_qemu_prhelper() -> Result<()> {
          \x20   sg_persist --out --register --param-sark=0x{KEY:x} $d || exit 10\n\
          \x20   sg_persist --in --read-keys $d || exit 11\n\
          done\n\
-         mkdir -p /tmp/sig && mount -t 9p -o trans=virtio,version=9p2000.L sig /tmp/sig || exit 12\n\
-         touch /tmp/sig/phase1 || exit 13\n\
-         for _ in $(seq 1200); do [ -e /tmp/sig/go ] && break; sleep 0.5; done\n\
-         [ -e /tmp/sig/go ] || exit 14\n\
-         echo '@@ helper restarted; PR commands again'\n\
+         {pause}\
          sg_persist --in --read-keys $P || exit 15\n\
          for d in $P $G; do\n\
          \x20   sg_persist --out --register --param-rk=0x{KEY:x} --param-sark=0x{KEY2:x} $d || exit 16\n\

@@ -7,7 +7,7 @@ use super::{
     DmPathState, MpathdPath, PathDev, PRKEYS_FILE,
 };
 use crate::lio::SharedLun;
-use crate::util::{mkdir_all, read_attr, run, run_ok, wait_for};
+use crate::util::{all_ok, exited, mkdir_all, read_attr, run, run_ok, wait_for};
 use crate::{bail, ensure, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -176,7 +176,7 @@ impl Multipathd {
             Duration::from_secs(40),
             || {
                 if let Some(child) = m.multipathd.as_mut() {
-                    if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
+                    if let Some(st) = exited(child)? {
                         bail!(
                             "multipathd exited ({st}); its log:\n{}",
                             tail(&log_path, 40)
@@ -455,10 +455,9 @@ impl Multipathd {
     }
 
     fn teardown(&mut self) -> Result<()> {
-        if self.stopped {
+        if std::mem::replace(&mut self.stopped, true) {
             return Ok(());
         }
-        self.stopped = true;
         let mut errors = Vec::new();
         if let Some(child) = self.multipathd.take() {
             if let Err(e) = stop_child(child, "multipathd") {
@@ -501,11 +500,7 @@ impl Multipathd {
                 errors.push("/etc overlay busy: lazily unmounted".to_string());
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors.join("; "))
-        }
+        all_ok(errors)
     }
 }
 
@@ -566,7 +561,7 @@ fn stop_child(mut child: Child, what: &str) -> Result<()> {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if child.try_wait().map_err(|e| e.to_string())?.is_some() {
+        if exited(&mut child)?.is_some() {
             return Ok(());
         }
         if Instant::now() >= deadline {

@@ -5,7 +5,7 @@
 
 use super::{parse_full_status, Registration};
 use crate::util::{run, Output};
-use crate::{bail, Result};
+use crate::Result;
 use std::path::Path;
 
 pub const SUCCESS: i32 = 0;
@@ -112,17 +112,7 @@ pub fn parse_generation(text: &str) -> Option<u32> {
 
 /// Parse READ KEYS output: the `0x…` lines.
 pub fn parse_keys(text: &str) -> Result<Vec<u64>> {
-    if text.contains("there are NO registered reservation keys") {
-        return Ok(Vec::new());
-    }
-    if !text.contains("registered reservation key") {
-        bail!("unexpected mpathpersist --read-keys output:\n{text}");
-    }
-    text.lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with("0x"))
-        .map(|l| u64::from_str_radix(&l[2..], 16).map_err(|e| format!("bad key {l:?}: {e}")))
-        .collect()
+    crate::sg::parse_keys_of("mpathpersist", text)
 }
 
 /// Parse READ RESERVATION output: the holder's key and the type text
