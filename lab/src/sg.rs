@@ -30,6 +30,20 @@ pub fn register(dev: &Path, key: u64) -> Result<()> {
     Ok(())
 }
 
+/// PR OUT REGISTER AND IGNORE EXISTING KEY to `key` (0: unregister).
+pub fn register_ignore(dev: &Path, key: u64) -> Result<()> {
+    let sark = format!("--param-sark=0x{key:x}");
+    sg_persist(dev, &["--out", "--register-ignore", &sark])?.ok()?;
+    Ok(())
+}
+
+/// PR OUT REGISTER from `key` to 0: unregister.
+pub fn unregister(dev: &Path, key: u64) -> Result<()> {
+    let rk = format!("--param-rk=0x{key:x}");
+    sg_persist(dev, &["--out", "--register", &rk, "--param-sark=0"])?.ok()?;
+    Ok(())
+}
+
 /// PR OUT RESERVE with `key` and `prout_type` (1 Write Exclusive, 3 Exclusive
 /// Access, 5/6 registrants only, 7/8 all registrants).
 pub fn reserve(dev: &Path, key: u64, prout_type: u8) -> Result<Output> {

@@ -300,6 +300,19 @@ impl World<'_> {
         self.step = step.to_string();
     }
 
+    /// Run step `step`: its answer (from `f`) is recorded and checked as [`Self::record`]
+    /// does.
+    fn check(
+        &mut self,
+        step: &str,
+        f: impl FnOnce(&mut Self) -> Result<String>,
+        want: Option<&str>,
+    ) -> Result<()> {
+        self.begin(step);
+        let answer = f(self)?;
+        self.record(answer, want)
+    }
+
     /// Record a step's answer, check it against `want` (when given) and check LIO.
     fn record(&mut self, answer: String, want: Option<&str>) -> Result<()> {
         println!(
@@ -557,25 +570,21 @@ fn sequence(w: &mut World) -> Result<()> {
     w.begin("start_empty");
     w.record(String::new(), Some(""))?;
 
-    w.begin("a_register");
-    let r = w.nodes[A].register(KA)?;
-    w.record(r, good)?;
-    w.begin("b_register");
-    let r = w.nodes[B].register(KB)?;
-    w.record(r, good)?;
+    w.check("a_register", |w| w.nodes[A].register(KA), good)?;
+    w.check("b_register", |w| w.nodes[B].register(KB), good)?;
 
     w.begin("a_reserve");
     let r = w.nodes[A].reserve(WE_RO)?;
     w.holder = Some((A, WE_RO));
     w.record(r, good)?;
 
-    w.begin("is_pr_present");
-    let r = w.present()?;
-    w.record(r, Some("A:this B:other"))?;
+    w.check("is_pr_present", |w| w.present(), Some("A:this B:other"))?;
 
-    w.begin("b_reserve_conflicts");
-    let r = w.nodes[B].reserve(WE_RO)?;
-    w.record(r, conflict)?;
+    w.check(
+        "b_reserve_conflicts",
+        |w| w.nodes[B].reserve(WE_RO),
+        conflict,
+    )?;
 
     // Disk arbitration: the holder re-reserves every few seconds. With its holding leg
     // dead (mpath_dead_a), a single-path holder would still get GOOD.
@@ -588,17 +597,19 @@ fn sequence(w: &mut World) -> Result<()> {
     answers.dedup();
     w.record(answers.join(","), good)?;
 
-    w.begin("writes_type5");
-    let r = w.writes();
-    w.record(r, Some("A:ok B:ok observer:conflict"))?;
+    w.check(
+        "writes_type5",
+        |w| Ok(w.writes()),
+        Some("A:ok B:ok observer:conflict"),
+    )?;
     w.revive()?;
 
-    w.begin("b_release_harmless");
-    let r = w.nodes[B].release(WE_RO)?;
-    w.record(r, good)?;
-    w.begin("is_pr_present_after_b_release");
-    let r = w.present()?;
-    w.record(r, Some("A:this B:other"))?;
+    w.check("b_release_harmless", |w| w.nodes[B].release(WE_RO), good)?;
+    w.check(
+        "is_pr_present_after_b_release",
+        |w| w.present(),
+        Some("A:this B:other"),
+    )?;
 
     w.begin("b_preempts_a");
     let kb = w.nodes[B].key;
@@ -617,16 +628,18 @@ fn sequence(w: &mut World) -> Result<()> {
         w.ctx("a preempted node's RESERVE got GOOD".into())
     );
     w.record(r, None)?;
-    w.begin("a_writes_after_preempt");
-    let r = w.writes();
-    w.record(r, Some("A:conflict B:ok observer:conflict"))?;
-    w.begin("is_pr_present_after_preempt");
-    let r = w.present()?;
-    w.record(r, Some("A:other B:this"))?;
+    w.check(
+        "a_writes_after_preempt",
+        |w| Ok(w.writes()),
+        Some("A:conflict B:ok observer:conflict"),
+    )?;
+    w.check(
+        "is_pr_present_after_preempt",
+        |w| w.present(),
+        Some("A:other B:this"),
+    )?;
 
-    w.begin("a_re_register");
-    let r = w.nodes[A].register(KA)?;
-    w.record(r, good)?;
+    w.check("a_re_register", |w| w.nodes[A].register(KA), good)?;
 
     // The holder releases: the reservation must really go, also with its holding leg
     // dead (mpath_dead_b).
@@ -635,9 +648,11 @@ fn sequence(w: &mut World) -> Result<()> {
     let r = w.nodes[B].release(WE_RO)?;
     w.holder = None;
     w.record(r, good)?;
-    w.begin("is_pr_present_after_release");
-    let r = w.present()?;
-    w.record(r, Some("A:none B:none"))?;
+    w.check(
+        "is_pr_present_after_release",
+        |w| w.present(),
+        Some("A:none B:none"),
+    )?;
     w.revive()?;
 
     w.begin("b_reserve");
@@ -650,9 +665,7 @@ fn sequence(w: &mut World) -> Result<()> {
     w.holder = None;
     w.record(r, good)?;
     w.revive()?;
-    w.begin("b_re_register");
-    let r = w.nodes[B].register(KB)?;
-    w.record(r, good)?;
+    w.check("b_re_register", |w| w.nodes[B].register(KB), good)?;
 
     // Not holding, a leg dead: no nexus of B may keep the old key (a preempt of B's
     // current key would not reach it, and it could write when it returns).
@@ -666,9 +679,7 @@ fn sequence(w: &mut World) -> Result<()> {
     let r = w.nodes[B].register(0)?;
     w.record(r, good)?;
     w.revive()?;
-    w.begin("b_register_after_return");
-    let r = w.nodes[B].register(KB)?;
-    w.record(r, good)?;
+    w.check("b_register_after_return", |w| w.nodes[B].register(KB), good)?;
 
     w.begin("a_reserve_again");
     let r = w.nodes[A].reserve(WE_RO)?;
@@ -679,12 +690,12 @@ fn sequence(w: &mut World) -> Result<()> {
     w.kill_holding_leg(A)?;
     let r = w.nodes[A].change_key(KA2)?;
     w.record(r, good)?;
-    w.begin("a_re_reserve_new_key");
-    let r = w.nodes[A].reserve(WE_RO)?;
-    w.record(r, good)?;
-    w.begin("writes_after_key_change");
-    let r = w.writes();
-    w.record(r, Some("A:ok B:ok observer:conflict"))?;
+    w.check("a_re_reserve_new_key", |w| w.nodes[A].reserve(WE_RO), good)?;
+    w.check(
+        "writes_after_key_change",
+        |w| Ok(w.writes()),
+        Some("A:ok B:ok observer:conflict"),
+    )?;
     w.revive()?;
     w.begin("a_release");
     let r = w.nodes[A].release(WE_RO)?;

@@ -198,16 +198,7 @@ fn nothing_registered(lun: &SharedLun, what: &str) -> Result<()> {
 fn unregister_everywhere(lun: &SharedLun) -> Result<()> {
     let regs = lio_view(lun, 2)?;
     for leg in mpath::legs_with_key(&regs, lun, KEY) {
-        prhelper_lab::sg::sg_persist(
-            &lun.device(leg).disk,
-            &[
-                "--out",
-                "--register",
-                &format!("--param-rk=0x{KEY:x}"),
-                "--param-sark=0",
-            ],
-        )?
-        .ok()?;
+        prhelper_lab::sg::unregister(&lun.device(leg).disk, KEY)?;
     }
     nothing_registered(lun, "after unregistering")
 }

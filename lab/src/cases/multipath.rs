@@ -69,6 +69,16 @@ impl Through {
         expect_reply(what, &r, Status::GOOD, None).map_err(|e| self.with_log(e))
     }
 
+    /// REGISTER (type 0) from `old` to `new`, expecting GOOD.
+    fn register(&mut self, what: &str, old: u64, new: u64) -> Result<()> {
+        self.expect_good(what, PrOutAction::Register, 0, &keys(old, new))
+    }
+
+    /// REGISTER AND IGNORE EXISTING KEY to `new`, expecting GOOD.
+    fn register_ignore(&mut self, what: &str, new: u64) -> Result<()> {
+        self.expect_good(what, PrOutAction::RegisterAndIgnore, 0, &keys(0, new))
+    }
+
     fn read_keys(&mut self) -> Result<Vec<u64>> {
         let r = prh::pr_in(&mut self.client, &self.dev, PrInAction::ReadKeys, 8192)?;
         expect_reply("READ KEYS", &r, Status::GOOD, None)?;
@@ -87,6 +97,17 @@ impl Through {
             tail(&self.helper.log_text(), 40)
         )
     }
+}
+
+/// Fail with `what` and LIO's view unless `ok`.
+fn expect_lio(
+    ok: bool,
+    what: &str,
+    regs: &[Registration],
+    lun: &prhelper_lab::lio::SharedLun,
+) -> Result<()> {
+    ensure!(ok, "{what}: {}", show(regs, lun));
+    Ok(())
 }
 
 /// The holder's leg and type text in LIO's view.
@@ -208,11 +229,7 @@ pub fn multipath_prhelper() -> Result<()> {
             let on = legs_with_key(&regs, &lun, 0xf0);
             println!("  --multipath=off: REGISTER reached legs {on:?}");
             ensure!(on.len() == 1, "--multipath=off registered legs {on:?}");
-            sg::sg_persist(
-                &lun.device(on[0]).disk,
-                &["--out", "--register", "--param-rk=0xf0", "--param-sark=0"],
-            )?
-            .ok()?;
+            sg::unregister(&lun.device(on[0]).disk, 0xf0)?;
             drop(c);
             off.stop()?;
         }
@@ -269,11 +286,7 @@ pub fn multipath_prhelper() -> Result<()> {
                 ensure!(on == want, "{what}: legs {on:?}");
             }
             for leg in on {
-                sg::sg_persist(
-                    &lun.device(leg).disk,
-                    &["--out", "--register", "--param-rk=0xf1", "--param-sark=0"],
-                )?
-                .ok()?;
+                sg::unregister(&lun.device(leg).disk, 0xf1)?;
             }
             drop(c);
             let status = h.stop()?;
@@ -284,7 +297,7 @@ pub fn multipath_prhelper() -> Result<()> {
 
     step("REGISTER reaches both paths", || {
         // REGISTER reaches both paths (SG_IO on the map would reach one: mpath_fixture).
-        t.expect_good("REGISTER 0 -> A", Register, 0, &keys(0, A))?;
+        t.register("REGISTER 0 -> A", 0, A)?;
         expect_legs(&lun, A, &legs, "after REGISTER")?;
         let k = t.read_keys()?;
         ensure!(k == [A, A], "READ KEYS through prhelper: {k:x?}");
@@ -322,24 +335,21 @@ pub fn multipath_prhelper() -> Result<()> {
         map.path_offline(h)?;
         t.expect_good("RELEASE, holding path offline", Release, 5, &keys(A, 0))?;
         let regs = lio_view(&lun, OBSERVER)?;
-        ensure!(
+        expect_lio(
             holder(&lun, &regs).is_none(),
-            "still reserved after RELEASE: {}",
-            show(&regs, &lun)
-        );
-        ensure!(
+            "still reserved after RELEASE",
+            &regs,
+            &lun,
+        )?;
+        expect_lio(
             legs_with_key(&regs, &lun, A).contains(&other),
-            "reachable path lost its key: {}",
-            show(&regs, &lun)
-        );
+            "reachable path lost its key",
+            &regs,
+            &lun,
+        )?;
         map.path_online(h)?;
         settle(&map.paths()[h].disk);
-        t.expect_good(
-            "REGISTER AND IGNORE A (restore)",
-            RegisterAndIgnore,
-            0,
-            &keys(0, A),
-        )?;
+        t.register_ignore("REGISTER AND IGNORE A (restore)", A)?;
         expect_legs(&lun, A, &legs, "after restoring")?;
         Ok(())
     })?;
@@ -351,32 +361,19 @@ pub fn multipath_prhelper() -> Result<()> {
             // path's nexus too (PREEMPT through the other). Then a REGISTER where that path
             // conflicts (it holds a key of its own): retried with REGISTER AND IGNORE.
             map.path_offline(1)?;
-            t.expect_good(
-                "REGISTER A -> A2, path 1 offline",
-                Register,
-                0,
-                &keys(A, A2),
-            )?;
+            t.register("REGISTER A -> A2, path 1 offline", A, A2)?;
             expect_legs(&lun, A2, &[0], "A2 with path 1 offline")?;
             map.path_online(1)?;
             settle(&map.paths()[1].disk);
             let regs = lio_view(&lun, OBSERVER)?;
-            ensure!(
+            expect_lio(
                 !regs.iter().any(|r| r.leg(&lun) == Some(1)),
-                "path 1 back with a stale registration: {}",
-                show(&regs, &lun)
-            );
-            sg::sg_persist(
-                &map.paths()[1].disk,
-                &["--out", "--register-ignore", "--param-sark=0x5757"],
-            )?
-            .ok()?;
-            t.expect_good(
-                "REGISTER A2 -> A3, path 1 conflicts",
-                Register,
-                0,
-                &keys(A2, A3),
+                "path 1 back with a stale registration",
+                &regs,
+                &lun,
             )?;
+            sg::register_ignore(&map.paths()[1].disk, 0x5757)?;
+            t.register("REGISTER A2 -> A3, path 1 conflicts", A2, A3)?;
             expect_legs(&lun, A3, &legs, "after the conflicting REGISTER")?;
             let log = t.helper.log_text();
             ensure!(
@@ -393,11 +390,12 @@ pub fn multipath_prhelper() -> Result<()> {
         sg::reserve(&obs, B, 1)?.ok()?;
         t.expect_good("PREEMPT B", Preempt, 1, &keys(A3, B))?;
         let regs = expect_legs(&lun, A3, &legs, "after PREEMPT of B")?;
-        ensure!(
+        expect_lio(
             legs_with_key(&regs, &lun, B).is_empty(),
-            "B survived PREEMPT: {}",
-            show(&regs, &lun)
-        );
+            "B survived PREEMPT",
+            &regs,
+            &lun,
+        )?;
         let (h, _, ty) = holder(&lun, &regs).ok_or("no holder after PREEMPT")?;
         ensure!(
             legs.contains(&h) && ty == "Write Exclusive",
@@ -418,31 +416,23 @@ pub fn multipath_prhelper() -> Result<()> {
     step("key change with the holding path down", || {
         // Key change while the holding path is down (and failed in dm).
         dead(&map, h)?;
-        t.expect_good(
-            "REGISTER A3 -> A4, holding path down",
-            Register,
-            0,
-            &keys(A3, A4),
-        )?;
+        t.register("REGISTER A3 -> A4, holding path down", A3, A4)?;
         let regs = lio_view(&lun, OBSERVER)?;
         let (h2, hk, _) = holder(&lun, &regs).ok_or("no holder after key change")?;
-        ensure!(
+        expect_lio(
             h2 == 1 - h && hk == A4,
-            "reservation not moved to the new key: {}",
-            show(&regs, &lun)
-        );
-        ensure!(
-            legs_with_key(&regs, &lun, A3).is_empty(),
-            "old key left: {}",
-            show(&regs, &lun)
-        );
-        revive(&map, h)?;
-        t.expect_good(
-            "REGISTER AND IGNORE A4 (restore)",
-            RegisterAndIgnore,
-            0,
-            &keys(0, A4),
+            "reservation not moved to the new key",
+            &regs,
+            &lun,
         )?;
+        expect_lio(
+            legs_with_key(&regs, &lun, A3).is_empty(),
+            "old key left",
+            &regs,
+            &lun,
+        )?;
+        revive(&map, h)?;
+        t.register_ignore("REGISTER AND IGNORE A4 (restore)", A4)?;
         expect_legs(&lun, A4, &legs, "after restoring A4")?;
         Ok(())
     })?;
@@ -451,23 +441,20 @@ pub fn multipath_prhelper() -> Result<()> {
         // Unregister while holding the reservation through a dead path.
         let (h, _, _) = holder(&lun, &lio_view(&lun, OBSERVER)?).ok_or("no holder")?;
         dead(&map, h)?;
-        t.expect_good(
-            "REGISTER A4 -> 0 while holding, holding path down",
-            Register,
-            0,
-            &keys(A4, 0),
-        )?;
+        t.register("REGISTER A4 -> 0 while holding, holding path down", A4, 0)?;
         let regs = lio_view(&lun, OBSERVER)?;
-        ensure!(
+        expect_lio(
             holder(&lun, &regs).is_none(),
-            "reservation left behind: {}",
-            show(&regs, &lun)
-        );
-        ensure!(
+            "reservation left behind",
+            &regs,
+            &lun,
+        )?;
+        expect_lio(
             legs_with_key(&regs, &lun, A4).is_empty(),
-            "keys left behind: {}",
-            show(&regs, &lun)
-        );
+            "keys left behind",
+            &regs,
+            &lun,
+        )?;
         revive(&map, h)?;
         Ok(())
     })?;
@@ -484,11 +471,7 @@ pub fn multipath_prhelper() -> Result<()> {
         expect_legs(&lun, C, &[0, 1, OBSERVER], "after SPEC_I_PT")?;
         t.expect_good("CLEAR", Clear, 0, &keys(C, 0))?;
         let regs = lio_view(&lun, OBSERVER)?;
-        ensure!(
-            regs.is_empty(),
-            "registrations after CLEAR: {}",
-            show(&regs, &lun)
-        );
+        expect_lio(regs.is_empty(), "registrations after CLEAR", &regs, &lun)?;
         let p = BasicParams {
             sa_key: C,
             all_tg_pt: true,
@@ -539,17 +522,8 @@ pub fn multipath_prhelper() -> Result<()> {
                 .find(|r| r.leg(&lun) == Some(OBSERVER))
                 .map(|r| r.rel_port)
                 .ok_or("observer's registration missing")?;
-            sg::sg_persist(
-                &obs,
-                &[
-                    "--out",
-                    "--register",
-                    &format!("--param-rk=0x{MB:x}"),
-                    "--param-sark=0",
-                ],
-            )?
-            .ok()?;
-            t.expect_good("REGISTER M", Register, 0, &keys(0, M))?;
+            sg::unregister(&obs, MB)?;
+            t.register("REGISTER M", 0, M)?;
             t.expect_good("RESERVE WE", Reserve, 1, &keys(M, 0))?;
             let (h, _, _) = holder(&lun, &lio_view(&lun, OBSERVER)?)
                 .ok_or("no holder before REGISTER AND MOVE")?;
@@ -573,16 +547,18 @@ pub fn multipath_prhelper() -> Result<()> {
             map.reinstate_path(h)?;
             let regs = lio_view(&lun, OBSERVER)?;
             let (hl, hk, _) = holder(&lun, &regs).ok_or("no holder after REGISTER AND MOVE")?;
-            ensure!(
+            expect_lio(
                 hl == OBSERVER && hk == MB,
-                "after REGISTER AND MOVE: {}",
-                show(&regs, &lun)
-            );
-            ensure!(
+                "after REGISTER AND MOVE",
+                &regs,
+                &lun,
+            )?;
+            expect_lio(
                 legs_with_key(&regs, &lun, M) == legs,
-                "our key after REGISTER AND MOVE: {}",
-                show(&regs, &lun)
-            );
+                "our key after REGISTER AND MOVE",
+                &regs,
+                &lun,
+            )?;
             sg::clear(&obs, MB)?;
             settle(&map.paths()[0].disk);
             settle(&map.paths()[1].disk);
@@ -632,21 +608,11 @@ pub fn multipath_prhelper() -> Result<()> {
             !matches!(rc, Ok(0)),
             "IOC_PR_REGISTER succeeded with a path down"
         );
-        t.expect_good(
-            "prhelper REGISTER AND IGNORE, same state",
-            RegisterAndIgnore,
-            0,
-            &keys(0, D),
-        )?;
+        t.register_ignore("prhelper REGISTER AND IGNORE, same state", D)?;
         expect_legs(&lun, D, &[0], "prhelper REGISTER with path 1 offline")?;
         map.path_online(1)?;
         settle(&map.paths()[1].disk);
-        t.expect_good(
-            "REGISTER AND IGNORE 0 (clean up)",
-            RegisterAndIgnore,
-            0,
-            &keys(0, 0),
-        )?;
+        t.register_ignore("REGISTER AND IGNORE 0 (clean up)", 0)?;
         Ok(())
     })?;
 
@@ -765,7 +731,7 @@ pub fn multipath_multipathd() -> Result<()> {
 
     const A: u64 = 0x1a;
     const A2: u64 = 0x2a;
-    t.expect_good("REGISTER 0 -> A", Register, 0, &keys(0, A))?;
+    t.register("REGISTER 0 -> A", 0, A)?;
     expect_legs(&lun, A, &legs, "after REGISTER")?;
     ensure!(
         mpd.getprkey()? == Some(A),
@@ -787,7 +753,7 @@ pub fn multipath_multipathd() -> Result<()> {
         "  multipathd saw path 1 down after {:.1}s",
         down.as_secs_f64()
     );
-    t.expect_good("REGISTER A -> A2, path 1 down", Register, 0, &keys(A, A2))?;
+    t.register("REGISTER A -> A2, path 1 down", A, A2)?;
     expect_legs(&lun, A2, &[0], "A2 while path 1 is down")?;
     ensure!(
         mpd.getprkey()? == Some(A2),
@@ -819,7 +785,7 @@ pub fn multipath_multipathd() -> Result<()> {
 
     t.expect_good("RESERVE WE_RO", Reserve, 5, &keys(A2, 0))?;
     t.expect_good("RELEASE", Release, 5, &keys(A2, 0))?;
-    t.expect_good("REGISTER A2 -> 0", Register, 0, &keys(A2, 0))?;
+    t.register("REGISTER A2 -> 0", A2, 0)?;
     expect_legs(&lun, A2, &[], "after unregister")?;
     ensure!(
         mpd.getprkey()?.is_none(),
@@ -849,18 +815,15 @@ pub fn multipath_multipathd() -> Result<()> {
         );
         ensure!(o.status == 0, "mpathpersist {what}: {}", o.describe());
         let expect: &[usize] = if *what == "unregister" { &[] } else { &legs };
-        ensure!(
+        expect_lio(
             legs_with_key(&regs, &lun, A) == expect,
-            "mpathpersist {what}: {}",
-            show(&regs, &lun)
-        );
+            "mpathpersist {what}",
+            &regs,
+            &lun,
+        )?;
     }
     // A REGISTER where one path holds a stale key: 0.9.4 rolls back with a conflict.
-    sg::sg_persist(
-        &mpd.paths()[1].disk,
-        &["--out", "--register-ignore", "--param-sark=0x77"],
-    )?
-    .ok()?;
+    sg::register_ignore(&mpd.paths()[1].disk, 0x77)?;
     let o = persist::register(&dev, 0, A)?;
     let regs = lio_view(&lun, OBSERVER)?;
     println!(
@@ -878,20 +841,11 @@ pub fn multipath_multipathd() -> Result<()> {
         &mpd.paths()[0].disk,
         &["--out", "--register-ignore", "--param-sark=0"],
     );
-    sg::sg_persist(
-        &mpd.paths()[1].disk,
-        &["--out", "--register-ignore", "--param-sark=0x77"],
-    )?
-    .ok()?;
+    sg::register_ignore(&mpd.paths()[1].disk, 0x77)?;
     let mut t = Through::start("multipath-multipathd-2", &dev)?;
-    t.expect_good(
-        "prhelper REGISTER with a conflicting path",
-        Register,
-        0,
-        &keys(0, A),
-    )?;
+    t.register("prhelper REGISTER with a conflicting path", 0, A)?;
     expect_legs(&lun, A, &legs, "prhelper with a conflicting path")?;
-    t.expect_good("REGISTER A -> 0", Register, 0, &keys(A, 0))?;
+    t.register("REGISTER A -> 0", A, 0)?;
     let Through {
         helper,
         client,
