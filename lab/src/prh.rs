@@ -186,6 +186,16 @@ pub fn expect_reply(
     Ok(())
 }
 
+/// Fail unless `r` is CHECK CONDITION with sense `code`.
+pub fn expect_check(what: &str, r: &Response, code: SenseCode) -> Result<()> {
+    expect_reply(what, r, Status::CHECK_CONDITION, Some(code))
+}
+
+/// Fail unless `r` is GOOD.
+pub fn expect_good(what: &str, r: &Response) -> Result<()> {
+    expect_reply(what, r, Status::GOOD, None)
+}
+
 /// How many sense bytes a sense buffer holds (fixed or descriptor format:
 /// 8 + additional length), at most 96; 0 for no valid sense.
 pub fn sense_len(sense: &[u8]) -> usize {

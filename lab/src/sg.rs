@@ -4,7 +4,7 @@
 //! sg3-utils exit statuses used in assertions: 0 success, 2 NOT READY,
 //! 5 ILLEGAL REQUEST, 6 UNIT ATTENTION, 24 RESERVATION CONFLICT.
 
-use crate::util::{run, Output};
+use crate::util::{run, run_on, Output};
 use crate::{bail, Result};
 use std::path::Path;
 
@@ -15,9 +15,7 @@ pub const EXIT_RESERVATION_CONFLICT: i32 = 24;
 
 /// Run `sg_persist ARGS DEV` (no assertion on the outcome).
 pub fn sg_persist(dev: &Path, args: &[&str]) -> Result<Output> {
-    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    all.push(dev.to_string_lossy().into_owned());
-    run("sg_persist", &all)
+    run_on("sg_persist", args, dev)
 }
 
 /// PR OUT REGISTER of `key` (with reservation key 0: a new registration).

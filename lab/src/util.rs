@@ -178,6 +178,14 @@ pub fn indent(text: &str) -> String {
         .join("\n")
 }
 
+/// Run `program ARGS DEV` (no assertion on the outcome): sg3_utils' and
+/// multipath-tools' way of naming the device last.
+pub fn run_on(program: &str, args: &[&str], dev: &Path) -> Result<Output> {
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    all.push(dev.to_string_lossy().into_owned());
+    run(program, &all)
+}
+
 /// `Ok` when a teardown collected no errors, else all of them in one message.
 pub fn all_ok(errors: Vec<String>) -> Result<()> {
     if errors.is_empty() {

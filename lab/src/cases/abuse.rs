@@ -24,7 +24,9 @@ use prhelper::scsi::Status;
 use prhelper::sys::sgio::{self, Data};
 use prhelper_lab::helper::Helper;
 use prhelper_lab::lio::SharedLun;
-use prhelper_lab::prh::{self, expect_reply, keys, open_ro, open_rw, outcome, with_log};
+use prhelper_lab::prh::{
+    self, expect_check, expect_good, keys, open_ro, open_rw, outcome, with_log,
+};
 use prhelper_lab::util::{scratch_dir, wait_for};
 use prhelper_lab::{bail, ensure, Result};
 use std::fs::File;
@@ -244,50 +246,25 @@ fn abuses(sock: &Path, h_fd: &File, victim: SharedLun, scratch: &Path) -> Result
     let mut c = prh::connect(sock)?;
     let ro = open_ro(&victim.device(0).disk)?;
     let r = prh::pr_out(&mut c, &ro, PrOutAction::Register, 0, &keys(0, 0x99))?;
-    expect_reply(
-        "PR OUT on a read-only fd",
-        &r,
-        Status::CHECK_CONDITION,
-        Some(SenseCode::INVALID_OPCODE),
-    )?;
+    expect_check("PR OUT on a read-only fd", &r, SenseCode::INVALID_OPCODE)?;
     let file_path = scratch.join("regular-file");
     std::fs::write(&file_path, [0u8; 4096]).map_err(|e| e.to_string())?;
     let file = open_rw(&file_path)?;
     let r = prh::pr_in(&mut c, &file, PrInAction::ReadKeys, 8192)?;
-    expect_reply(
-        "PR IN on a regular file",
-        &r,
-        Status::CHECK_CONDITION,
-        Some(SenseCode::IO_ERROR),
-    )?;
+    expect_check("PR IN on a regular file", &r, SenseCode::IO_ERROR)?;
     let r = prh::pr_out(&mut c, &file, PrOutAction::Register, 0, &keys(0, 0x99))?;
-    expect_reply(
-        "PR OUT on a regular file",
-        &r,
-        Status::CHECK_CONDITION,
-        Some(SenseCode::IO_ERROR),
-    )?;
+    expect_check("PR OUT on a regular file", &r, SenseCode::IO_ERROR)?;
     let null = open_rw(Path::new("/dev/null"))?;
     let r = prh::pr_in(&mut c, &null, PrInAction::ReadKeys, 8192)?;
-    expect_reply(
-        "PR IN on /dev/null",
-        &r,
-        Status::CHECK_CONDITION,
-        Some(SenseCode::IO_ERROR),
-    )?;
+    expect_check("PR IN on /dev/null", &r, SenseCode::IO_ERROR)?;
     let r = prh::pr_in(&mut c, h_fd, PrInAction::ReadKeys, 8192)?;
-    expect_reply(
-        "PR IN on the healthy LUN, same connection",
-        &r,
-        Status::GOOD,
-        None,
-    )?;
+    expect_good("PR IN on the healthy LUN, same connection", &r)?;
     healthy_check(sock, h_fd, "non-device fds")?;
 
     // The victim LUN: offline, back, then removed while we hold its fd.
     let v_fd = open_rw(&victim.device(0).disk)?;
     let r = prh::pr_out(&mut c, &v_fd, PrOutAction::Register, 0, &keys(0, 0x77))?;
-    expect_reply("REGISTER on the victim LUN", &r, Status::GOOD, None)?;
+    expect_good("REGISTER on the victim LUN", &r)?;
     victim.targets[0].set_online(false)?;
     // The kernel's view, directly: GOOD status, DID_TRANSPORT_DISRUPTED.
     let mut sense = [0u8; 96];
@@ -311,18 +288,16 @@ fn abuses(sock: &Path, h_fd: &File, victim: SharedLun, scratch: &Path) -> Result
         direct.outcome
     );
     let r = prh::pr_in(&mut c, &v_fd, PrInAction::ReadKeys, 8192)?;
-    expect_reply(
+    expect_check(
         "PR IN through prhelper on the offline leg",
         &r,
-        Status::CHECK_CONDITION,
-        Some(SenseCode::I_T_NEXUS_LOSS),
+        SenseCode::I_T_NEXUS_LOSS,
     )?;
     let r = prh::pr_out(&mut c, &v_fd, PrOutAction::Reserve, 1, &keys(0x77, 0))?;
-    expect_reply(
+    expect_check(
         "PR OUT through prhelper on the offline leg",
         &r,
-        Status::CHECK_CONDITION,
-        Some(SenseCode::I_T_NEXUS_LOSS),
+        SenseCode::I_T_NEXUS_LOSS,
     )?;
     healthy_check(sock, h_fd, "offline leg")?;
     victim.targets[0].set_online(true)?;
@@ -366,12 +341,7 @@ fn abuses(sock: &Path, h_fd: &File, victim: SharedLun, scratch: &Path) -> Result
     );
     ensure!(!r.is_good(), "PR OUT on a removed LUN returned GOOD");
     let r = prh::pr_in(&mut c, h_fd, PrInAction::ReadKeys, 8192)?;
-    expect_reply(
-        "healthy LUN on the same connection at the end",
-        &r,
-        Status::GOOD,
-        None,
-    )?;
+    expect_good("healthy LUN on the same connection at the end", &r)?;
     healthy_check(sock, h_fd, "backstore removed")?;
     Ok(())
 }

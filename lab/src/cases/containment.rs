@@ -20,7 +20,7 @@ use prhelper::scsi::Status;
 use prhelper_lab::helper::Helper;
 use prhelper_lab::lio::SharedLun;
 use prhelper_lab::mpath::{self, lio_view, Map};
-use prhelper_lab::prh::{self, expect_reply, keys, open_ro, open_rw, with_log};
+use prhelper_lab::prh::{self, expect_good, expect_reply, keys, open_ro, open_rw, with_log};
 use prhelper_lab::util::{read_attr, run_ok, scratch_dir, wait_for};
 use prhelper_lab::{bail, ensure, Result};
 use std::io::Write;
@@ -160,13 +160,8 @@ pub fn containment() -> Result<()> {
     for (what, dev) in [("partition", &part), ("dm-linear slice", &slice.dev)] {
         let rw = open_rw(dev)?;
         let r = prh::pr_out(&mut c, &rw, PrOutAction::Register, 0, &keys(0, KEY))?;
-        expect_reply(
-            &format!("C helper: REGISTER on the {what}"),
-            &r,
-            Status::GOOD,
-            None,
-        )
-        .map_err(with_log(&c_helper))?;
+        expect_good(&format!("C helper: REGISTER on the {what}"), &r)
+            .map_err(with_log(&c_helper))?;
         let legs = mpath::legs_with_key(&lio_view(&lun, 2)?, &lun, KEY);
         ensure!(
             legs == [0],
@@ -247,19 +242,9 @@ fn run_mode(
     ] {
         let rw = open_rw(dev)?;
         let r = prh::pr_out(&mut c, &rw, PrOutAction::Register, 0, &keys(0, KEY))?;
-        expect_reply(
-            &format!("{mode}: REGISTER on the {what}"),
-            &r,
-            Status::GOOD,
-            None,
-        )?;
+        expect_good(&format!("{mode}: REGISTER on the {what}"), &r)?;
         let r = prh::pr_in(&mut c, &rw, PrInAction::ReadKeys, 8192)?;
-        expect_reply(
-            &format!("{mode}: READ KEYS on the {what}"),
-            &r,
-            Status::GOOD,
-            None,
-        )?;
+        expect_good(&format!("{mode}: READ KEYS on the {what}"), &r)?;
         let legs = mpath::legs_with_key(&lio_view(lun, 2)?, lun, KEY);
         let ok = match what {
             "multipath map" if !expect_legs.is_empty() => legs == expect_legs,

@@ -34,7 +34,7 @@ use prhelper_lab::util::scratch_dir;
 use prhelper_lab::{bail, ensure, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 /// Registrations: the target's own nexus plus one per ACL.
 const REGS: usize = 180;
@@ -123,20 +123,22 @@ pub fn full_status_cut() -> Result<()> {
         ..Default::default()
     }
     .encode();
-    let mut sense = [0u8; 96];
-    let _ = sgio::sg_io(
-        dev.as_fd(),
-        &cdb::pr_out(PrOutAction::Clear, 0, 0, clear.len() as u32),
-        Data::ToDevice(&clear),
-        &mut sense,
-        30_000,
-    );
+    let _ = pr_out(dev.as_fd(), PrOutAction::Clear, &clear);
     drop(dev);
     // Leave the LU in place: LIO keeps the ACLs' mapped LUNs busy after the SPEC_I_PT
     // registrations (EBUSY on rmdir, even after CLEAR), and the VM is thrown away.
     std::mem::forget(target);
     std::mem::forget(backstore);
     result
+}
+
+/// PR OUT `action` (type 0) with `params`, straight through SG_IO.
+/// Returns the result and the sense buffer.
+fn pr_out(dev: BorrowedFd<'_>, action: PrOutAction, params: &[u8]) -> (sgio::SgResult, [u8; 96]) {
+    let mut sense = [0u8; 96];
+    let cdb = cdb::pr_out(action, 0, 0, params.len() as u32);
+    let r = sgio::sg_io(dev, &cdb, Data::ToDevice(params), &mut sense, 30_000);
+    (r, sense)
 }
 
 fn run(dev: &File, tids: &[TransportId], scratch: &std::path::Path) -> Result<()> {
@@ -147,14 +149,7 @@ fn run(dev: &File, tids: &[TransportId], scratch: &std::path::Path) -> Result<()
         ..Default::default()
     }
     .encode();
-    let mut sense = [0u8; 96];
-    let r = sgio::sg_io(
-        dev.as_fd(),
-        &cdb::pr_out(PrOutAction::Register, 0, 0, params.len() as u32),
-        Data::ToDevice(&params),
-        &mut sense,
-        30_000,
-    );
+    let (r, sense) = pr_out(dev.as_fd(), PrOutAction::Register, &params);
     ensure!(
         r.outcome.errno.is_none() && r.outcome.status == 0 && r.outcome.host_status == 0,
         "SPEC_I_PT REGISTER of {} TransportIDs ({} bytes): {:?}, sense {:02x?}",

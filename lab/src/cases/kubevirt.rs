@@ -28,11 +28,10 @@ use std::time::{Duration, Instant};
 
 use prhelper::scsi::cdb::{PrInAction, PrOutAction};
 use prhelper::scsi::prin::ReadKeys;
-use prhelper::scsi::Status;
 use prhelper_lab::lio::SharedLun;
 use prhelper_lab::mpath::{self, legs_with_key, lio_view, Multipathd};
 use prhelper_lab::podman::{Podman, RUN_DIR};
-use prhelper_lab::prh::{self, expect_reply, keys};
+use prhelper_lab::prh::{self, expect_good, keys};
 use prhelper_lab::util::{indent, project_root, run_ok, wait_for, Output};
 use prhelper_lab::{bail, ensure, sg, Result};
 
@@ -195,12 +194,48 @@ fn keys_via_socket(dev: &Path) -> Result<Vec<u64>> {
     let mut c = prh::connect(Path::new(PR_SOCK))?;
     let f = prh::open_ro(dev)?;
     let r = prh::pr_in(&mut c, &f, PrInAction::ReadKeys, 8192)?;
-    expect_reply("READ KEYS", &r, Status::GOOD, None)?;
+    expect_good("READ KEYS", &r)?;
     let rk = ReadKeys::decode(&r.data).map_err(|e| format!("READ KEYS: {e}"))?;
     Ok(rk.keys)
 }
 
 /// The map's key is on both legs (LIO from the observer) and multipathd has it.
+/// What uid 107 (QEMU under KubeVirt) reaches through the container's socket.
+struct AsQemu<'a> {
+    ctr: &'a Container<'a>,
+    lun: &'a SharedLun,
+    mpd: &'a Multipathd,
+    plain_dev: &'a Path,
+    map_dev: &'a Path,
+}
+
+impl AsQemu<'_> {
+    /// Chown the socket to uid 107 as virt-handler does, then as uid 107: READ KEYS on
+    /// the plain LUN (its key 0x107a) and REGISTER AND IGNORE `key` on the map, which
+    /// must reach both legs and multipathd.
+    fn chown_and_use(&self, key: u64, when: &str) -> Result<()> {
+        std::os::unix::fs::chown(PR_SOCK, Some(QEMU_UID), Some(QEMU_UID))
+            .map_err(|e| format!("chown {PR_SOCK}: {e}"))?;
+        let o = client_as_qemu(&["--in", "--read-keys"], self.plain_dev)?.ok()?;
+        ensure!(
+            o.stdout.contains("0x107a"),
+            "{when}: READ KEYS: {}",
+            o.describe()
+        );
+        let sark = format!("--param-sark={key:#x}");
+        client_as_qemu(&["--out", "--register-ignore", &sark], self.map_dev)?
+            .ok()
+            .map_err(|e| self.ctr.ctx(e))?;
+        expect_map_key(
+            self.lun,
+            self.mpd,
+            key,
+            &format!("{when}: REGISTER AND IGNORE"),
+        )
+        .map_err(|e| self.ctr.ctx(e))
+    }
+}
+
 fn expect_map_key(lun: &SharedLun, mpd: &Multipathd, key: u64, when: &str) -> Result<()> {
     let regs = lio_view(lun, OBSERVER)?;
     ensure!(
@@ -321,9 +356,9 @@ pub fn kubevirt_pr_helper() -> Result<()> {
         let mut c = prh::connect(Path::new(PR_SOCK))?;
         let f = prh::open_rw(&plain_dev)?;
         let r = prh::pr_out(&mut c, &f, PrOutAction::Register, 0, &keys(0, K1))?;
-        expect_reply("plain REGISTER", &r, Status::GOOD, None).map_err(|e| ctr.ctx(e))?;
+        expect_good("plain REGISTER", &r).map_err(|e| ctr.ctx(e))?;
         let r = prh::pr_out(&mut c, &f, PrOutAction::Reserve, 1, &keys(K1, 0))?;
-        expect_reply("plain RESERVE WE", &r, Status::GOOD, None).map_err(|e| ctr.ctx(e))?;
+        expect_good("plain RESERVE WE", &r).map_err(|e| ctr.ctx(e))?;
     }
     ensure!(
         sg::read_keys(&plain.device(1).disk)? == [K1],
@@ -354,7 +389,7 @@ pub fn kubevirt_pr_helper() -> Result<()> {
         let mut c = prh::connect(Path::new(PR_SOCK))?;
         let f = prh::open_rw(&map_dev)?;
         let r = prh::pr_out(&mut c, &f, PrOutAction::Register, 0, &keys(0, M1))?;
-        expect_reply("map REGISTER", &r, Status::GOOD, None).map_err(|e| ctr.ctx(e))?;
+        expect_good("map REGISTER", &r).map_err(|e| ctr.ctx(e))?;
     }
     expect_map_key(
         &lun,
@@ -373,26 +408,14 @@ pub fn kubevirt_pr_helper() -> Result<()> {
         "uid {QEMU_UID} before the chown: {}",
         o.describe()
     );
-    std::os::unix::fs::chown(PR_SOCK, Some(QEMU_UID), Some(QEMU_UID))
-        .map_err(|e| format!("chown {PR_SOCK}: {e}"))?;
-    let o = client_as_qemu(&["--in", "--read-keys"], &plain_dev)?.ok()?;
-    ensure!(
-        o.stdout.contains("0x107a"),
-        "uid {QEMU_UID} READ KEYS: {}",
-        o.describe()
-    );
-    const M2: u64 = 0x1072;
-    client_as_qemu(
-        &[
-            "--out",
-            "--register-ignore",
-            &format!("--param-sark={M2:#x}"),
-        ],
-        &map_dev,
-    )?
-    .ok()
-    .map_err(|e| ctr.ctx(e))?;
-    expect_map_key(&lun, &mpd, M2, "uid 107's REGISTER AND IGNORE").map_err(|e| ctr.ctx(e))?;
+    let as_qemu = AsQemu {
+        ctr: &ctr,
+        lun: &lun,
+        mpd: &mpd,
+        plain_dev: &plain_dev,
+        map_dev: &map_dev,
+    };
+    as_qemu.chown_and_use(0x1072, "uid 107, after the chown")?;
     println!("  uid {QEMU_UID}: refused before the chown, PR IN and PR OUT after it");
 
     // 4. podman restart: SIGTERM to the helper (PID 1), which must exit cleanly; the
@@ -406,26 +429,7 @@ pub fn kubevirt_pr_helper() -> Result<()> {
         "{}",
         ctr.ctx("the helper did not stop cleanly on SIGTERM".into())
     );
-    std::os::unix::fs::chown(PR_SOCK, Some(QEMU_UID), Some(QEMU_UID))
-        .map_err(|e| format!("chown {PR_SOCK}: {e}"))?;
-    let o = client_as_qemu(&["--in", "--read-keys"], &plain_dev)?.ok()?;
-    ensure!(
-        o.stdout.contains("0x107a"),
-        "after restart, READ KEYS: {}",
-        o.describe()
-    );
-    const M3: u64 = 0x1073;
-    client_as_qemu(
-        &[
-            "--out",
-            "--register-ignore",
-            &format!("--param-sark={M3:#x}"),
-        ],
-        &map_dev,
-    )?
-    .ok()
-    .map_err(|e| ctr.ctx(e))?;
-    expect_map_key(&lun, &mpd, M3, "after podman restart").map_err(|e| ctr.ctx(e))?;
+    as_qemu.chown_and_use(0x1073, "after podman restart")?;
     println!(
         "  podman restart: clean stop, new socket, PR IN/OUT and multipathd again ({:.1}s)",
         t.elapsed().as_secs_f64()
@@ -468,10 +472,10 @@ pub fn kubevirt_pr_helper() -> Result<()> {
         let mut c = prh::connect(Path::new(PR_SOCK))?;
         let f = prh::open_rw(&plain_dev)?;
         let r = prh::pr_out(&mut c, &f, PrOutAction::Clear, 0, &keys(K1, 0))?;
-        expect_reply("plain CLEAR", &r, Status::GOOD, None)?;
+        expect_good("plain CLEAR", &r)?;
         let f = prh::open_rw(&map_dev)?;
         let r = prh::pr_out(&mut c, &f, PrOutAction::Register, 0, &keys(M4, 0))?;
-        expect_reply("map unregister", &r, Status::GOOD, None)?;
+        expect_good("map unregister", &r)?;
     }
     ensure!(
         mpd.getprkey()?.is_none(),

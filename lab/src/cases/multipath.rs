@@ -26,7 +26,7 @@ use prhelper::scsi::Status;
 use prhelper_lab::helper::Helper;
 use prhelper_lab::mpath::{self, legs_with_key, lio_view, persist, Map, Multipathd, Registration};
 use prhelper_lab::nested::tail;
-use prhelper_lab::prh::{self, expect_reply, keys, outcome};
+use prhelper_lab::prh::{self, expect_check, expect_good, expect_reply, keys, outcome};
 use prhelper_lab::util::{run, run_ok, scratch_dir, step};
 use prhelper_lab::{ensure, sg, Result};
 
@@ -66,7 +66,7 @@ impl Through {
 
     fn expect_good(&mut self, what: &str, a: PrOutAction, ty: u8, p: &BasicParams) -> Result<()> {
         let r = self.out(what, a, ty, p)?;
-        expect_reply(what, &r, Status::GOOD, None).map_err(|e| self.with_log(e))
+        expect_good(what, &r).map_err(|e| self.with_log(e))
     }
 
     /// REGISTER (type 0) from `old` to `new`, expecting GOOD.
@@ -81,13 +81,13 @@ impl Through {
 
     fn read_keys(&mut self) -> Result<Vec<u64>> {
         let r = prh::pr_in(&mut self.client, &self.dev, PrInAction::ReadKeys, 8192)?;
-        expect_reply("READ KEYS", &r, Status::GOOD, None)?;
+        expect_good("READ KEYS", &r)?;
         Ok(ReadKeys::decode(&r.data).map_err(|e| e.to_string())?.keys)
     }
 
     fn read_reservation(&mut self) -> Result<ReadReservation> {
         let r = prh::pr_in(&mut self.client, &self.dev, PrInAction::ReadReservation, 24)?;
-        expect_reply("READ RESERVATION", &r, Status::GOOD, None)?;
+        expect_good("READ RESERVATION", &r)?;
         ReadReservation::decode(&r.data).map_err(|e| e.to_string())
     }
 
@@ -219,7 +219,7 @@ pub fn multipath_prhelper() -> Result<()> {
             let mut c = prh::connect(off.socket())?;
             // (The socket accepts before privileges are dropped; a reply comes after.)
             let r = prh::pr_out(&mut c, &t.dev, Register, 0, &keys(0, 0xf0))?;
-            expect_reply("REGISTER with --multipath=off", &r, Status::GOOD, None)?;
+            expect_good("REGISTER with --multipath=off", &r)?;
             ensure!(
                 cap_eff(off.pid())? == "0000000000020000",
                 "CapEff with --multipath=off: {}",
@@ -272,7 +272,7 @@ pub fn multipath_prhelper() -> Result<()> {
             let mut c = prh::connect(h.socket())?;
             let r = prh::pr_out(&mut c, &t.dev, Register, 0, &keys(0, 0xf1))?;
             println!("  REGISTER with {what}: {}", outcome(&r));
-            expect_reply(what, &r, Status::GOOD, None).map_err(prh::with_log(&h))?;
+            expect_good(what, &r).map_err(prh::with_log(&h))?;
             let on = legs_with_key(&lio_view(&lun, OBSERVER)?, &lun, 0xf1);
             println!("  ... reached legs {on:?}");
             if want.is_empty() {
@@ -543,7 +543,7 @@ pub fn multipath_prhelper() -> Result<()> {
                 .execute(std::os::fd::AsFd::as_fd(&t.dev), &cdb, &params, 0)
                 .map_err(|e| e.to_string())?;
             println!("  REGISTER AND MOVE to the observer: {}", outcome(&r));
-            expect_reply("REGISTER AND MOVE", &r, Status::GOOD, None).map_err(|e| t.with_log(e))?;
+            expect_good("REGISTER AND MOVE", &r).map_err(|e| t.with_log(e))?;
             map.reinstate_path(h)?;
             let regs = lio_view(&lun, OBSERVER)?;
             let (hl, hk, _) = holder(&lun, &regs).ok_or("no holder after REGISTER AND MOVE")?;
@@ -572,18 +572,16 @@ pub fn multipath_prhelper() -> Result<()> {
         map.path_offline(1)?;
         let r = prh::pr_in(&mut t.client, &t.dev, PrInAction::ReadKeys, 8192)?;
         println!("  READ KEYS, every path offline: {}", outcome(&r));
-        expect_reply(
+        expect_check(
             "READ KEYS, every path offline",
             &r,
-            Status::CHECK_CONDITION,
-            Some(SenseCode::I_T_NEXUS_LOSS),
+            SenseCode::I_T_NEXUS_LOSS,
         )?;
         let r = t.out("REGISTER, every path offline", Register, 0, &keys(0, C))?;
-        expect_reply(
+        expect_check(
             "REGISTER, every path offline",
             &r,
-            Status::CHECK_CONDITION,
-            Some(SenseCode::I_T_NEXUS_LOSS),
+            SenseCode::I_T_NEXUS_LOSS,
         )?;
         map.path_online(0)?;
         map.path_online(1)?;
@@ -642,12 +640,7 @@ pub fn multipath_prhelper() -> Result<()> {
         let mut c2 = prh::connect(t.helper.socket())?;
         let leg0 = prh::open_rw(&lun.device(0).disk)?;
         let r = prh::pr_in(&mut c2, &leg0, PrInAction::ReadKeys, 8192)?;
-        expect_reply(
-            "READ KEYS on a leg after the map went",
-            &r,
-            Status::GOOD,
-            None,
-        )?;
+        expect_good("READ KEYS on a leg after the map went", &r)?;
         ensure!(
             prh::fd_count(t.helper.pid())? == fds + 1,
             "fd count {} -> {}",
@@ -869,7 +862,7 @@ pub fn multipath_multipathd() -> Result<()> {
     const U: u64 = 0x3a;
     let r = prh::pr_out(&mut client, &devf, Register, 0, &keys(0, U))?;
     println!("  REGISTER as nobody:disk: {}", outcome(&r));
-    expect_reply("REGISTER as nobody", &r, Status::GOOD, None).map_err(prh::with_log(&helper))?;
+    expect_good("REGISTER as nobody", &r).map_err(prh::with_log(&helper))?;
     expect_legs(&lun, U, &legs, "REGISTER as nobody")?;
     ensure!(
         mpd.getprkey()? == Some(U),
@@ -878,7 +871,7 @@ pub fn multipath_multipathd() -> Result<()> {
         helper.log_text()
     );
     let r = prh::pr_out(&mut client, &devf, Register, 0, &keys(U, 0))?;
-    expect_reply("unregister as nobody", &r, Status::GOOD, None)?;
+    expect_good("unregister as nobody", &r)?;
     ensure!(
         mpd.getprkey()?.is_none(),
         "multipathd key after unregister with -u"

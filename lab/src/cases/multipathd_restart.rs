@@ -21,10 +21,9 @@
 
 use prhelper::client::Client;
 use prhelper::scsi::cdb::PrOutAction;
-use prhelper::scsi::Status;
 use prhelper_lab::helper::Helper;
 use prhelper_lab::mpath::{self, legs_with_key, lio_view, Multipathd};
-use prhelper_lab::prh::{self, expect_reply, keys, open_rw, with_log};
+use prhelper_lab::prh::{self, expect_good, keys, open_rw, with_log};
 use prhelper_lab::util::{run, scratch_dir, wait_for};
 use prhelper_lab::{ensure, Result};
 use std::fs::File;
@@ -74,7 +73,7 @@ fn register(
 ) -> Result<()> {
     let r = prh::pr_out(c, dev, action, 0, &keys(key, sa_key))?;
     println!("  {what}: {}", prh::outcome(&r));
-    expect_reply(what, &r, Status::GOOD, None).map_err(with_log(helper))
+    expect_good(what, &r).map_err(with_log(helper))
 }
 
 fn expect_key(

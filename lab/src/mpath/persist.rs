@@ -4,7 +4,7 @@
 //! statuses are libmpathpersist's MPATH_PR_* codes.
 
 use super::{parse_full_status, Registration};
-use crate::util::{run, Output};
+use crate::util::{run_on, Output};
 use crate::Result;
 use std::path::Path;
 
@@ -20,87 +20,54 @@ pub const OTHER: i32 = 15;
 
 /// `/usr/sbin/mpathpersist ARGS DEV`, no assertion on the outcome.
 pub fn mpathpersist(dev: &Path, args: &[&str]) -> Result<Output> {
-    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    all.push(dev.to_string_lossy().into_owned());
-    run("mpathpersist", &all)
+    run_on("mpathpersist", args, dev)
 }
 
-fn hex(k: u64) -> String {
-    format!("0x{k:x}")
+/// `mpathpersist --out --ACTION` with the keys and type that are given.
+fn out(
+    dev: &Path,
+    action: &str,
+    rk: Option<u64>,
+    sark: Option<u64>,
+    ty: Option<u8>,
+) -> Result<Output> {
+    let mut args = vec!["--out".to_string(), format!("--{action}")];
+    args.extend(rk.map(|k| format!("--param-rk=0x{k:x}")));
+    args.extend(sark.map(|k| format!("--param-sark=0x{k:x}")));
+    args.extend(ty.map(|t| format!("--prout-type={t}")));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    mpathpersist(dev, &args)
 }
 
 /// REGISTER: `rk` the current key (0 for a new registration), `sark`
 /// the new one (0 unregisters).
 pub fn register(dev: &Path, rk: u64, sark: u64) -> Result<Output> {
-    mpathpersist(
-        dev,
-        &[
-            "--out",
-            "--register",
-            &format!("--param-rk={}", hex(rk)),
-            &format!("--param-sark={}", hex(sark)),
-        ],
-    )
+    out(dev, "register", Some(rk), Some(sark), None)
 }
 
 /// REGISTER AND IGNORE EXISTING KEY with `sark`.
 pub fn register_ignore(dev: &Path, sark: u64) -> Result<Output> {
-    mpathpersist(
-        dev,
-        &[
-            "--out",
-            "--register-ignore",
-            &format!("--param-sark={}", hex(sark)),
-        ],
-    )
+    out(dev, "register-ignore", None, Some(sark), None)
 }
 
 /// RESERVE with `key` and `prout_type`.
 pub fn reserve(dev: &Path, key: u64, prout_type: u8) -> Result<Output> {
-    mpathpersist(
-        dev,
-        &[
-            "--out",
-            "--reserve",
-            &format!("--param-rk={}", hex(key)),
-            &format!("--prout-type={prout_type}"),
-        ],
-    )
+    out(dev, "reserve", Some(key), None, Some(prout_type))
 }
 
 /// RELEASE with `key` and `prout_type`.
 pub fn release(dev: &Path, key: u64, prout_type: u8) -> Result<Output> {
-    mpathpersist(
-        dev,
-        &[
-            "--out",
-            "--release",
-            &format!("--param-rk={}", hex(key)),
-            &format!("--prout-type={prout_type}"),
-        ],
-    )
+    out(dev, "release", Some(key), None, Some(prout_type))
 }
 
 /// CLEAR with `key`.
 pub fn clear(dev: &Path, key: u64) -> Result<Output> {
-    mpathpersist(
-        dev,
-        &["--out", "--clear", &format!("--param-rk={}", hex(key))],
-    )
+    out(dev, "clear", Some(key), None, None)
 }
 
 /// PREEMPT `sark`'s registrations (and reservation) with `key`.
 pub fn preempt(dev: &Path, key: u64, sark: u64, prout_type: u8) -> Result<Output> {
-    mpathpersist(
-        dev,
-        &[
-            "--out",
-            "--preempt",
-            &format!("--param-rk={}", hex(key)),
-            &format!("--param-sark={}", hex(sark)),
-            &format!("--prout-type={prout_type}"),
-        ],
-    )
+    out(dev, "preempt", Some(key), Some(sark), Some(prout_type))
 }
 
 /// The "PR generation=0x…" value in mpathpersist's or sg_persist's output.
