@@ -522,6 +522,16 @@ fn raw_conn_can_misbehave() {
 // ---------------------------------------------------------------------------------------
 // The prhelper-client binary.
 
+/// `prhelper-client ARGS` on a scratch file against a fake helper that answers GOOD
+/// with no data; asserts exit status 0. Returns the fake (for what it saw) and the output.
+fn cli_good(args: &[&str]) -> (Fake, Output) {
+    let fake = Fake::start(Some(0), |_| Act::Send(good(&[])));
+    let (f, _) = disk();
+    let o = cli(&fake, f.path(), args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    (fake, o)
+}
+
 fn cli(fake: &Fake, dev: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_prhelper-client"))
         .arg("-k")
@@ -639,21 +649,14 @@ fn cli_hex_output() {
 
 #[test]
 fn cli_register_sends_parameter_list_read_write() {
-    let fake = Fake::start(Some(0), |_| Act::Send(good(&[])));
-    let (f, _) = disk();
-    let o = cli(
-        &fake,
-        f.path(),
-        &[
-            "--out",
-            "--register",
-            "--param-sark=0x1234",
-            "-Z",
-            "-X",
-            "sas,5001405000000001",
-        ],
-    );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (fake, o) = cli_good(&[
+        "--out",
+        "--register",
+        "--param-sark=0x1234",
+        "-Z",
+        "-X",
+        "sas,5001405000000001",
+    ]);
     assert_eq!(stdout(&o), "");
     let seen = fake.seen();
     assert_eq!(
@@ -679,14 +682,7 @@ fn cli_register_sends_parameter_list_read_write() {
 
 #[test]
 fn cli_reserve_type_scope_and_forced_readonly() {
-    let fake = Fake::start(Some(0), |_| Act::Send(good(&[])));
-    let (f, _) = disk();
-    let o = cli(
-        &fake,
-        f.path(),
-        &["-o", "-R", "-K", "abc", "-T", "6", "--scope", "2", "-y"],
-    );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (fake, _) = cli_good(&["-o", "-R", "-K", "abc", "-T", "6", "--scope", "2", "-y"]);
     let seen = fake.seen();
     assert_eq!(seen[0].accmode, Some(libc::O_RDONLY), "-y forces read-only");
     assert_eq!(seen[0].cdb[..3], [0x5f, 0x01, 0x26]);
@@ -695,28 +691,21 @@ fn cli_reserve_type_scope_and_forced_readonly() {
 
 #[test]
 fn cli_register_move() {
-    let fake = Fake::start(Some(0), |_| Act::Send(good(&[])));
-    let (f, _) = disk();
-    let o = cli(
-        &fake,
-        f.path(),
-        &[
-            "-o",
-            "-M",
-            "-K",
-            "1",
-            "-S",
-            "2",
-            "-T",
-            "1",
-            "-U",
-            "-Q",
-            "3",
-            "-X",
-            "naa.5001405000000002",
-        ],
-    );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (fake, _) = cli_good(&[
+        "-o",
+        "-M",
+        "-K",
+        "1",
+        "-S",
+        "2",
+        "-T",
+        "1",
+        "-U",
+        "-Q",
+        "3",
+        "-X",
+        "naa.5001405000000002",
+    ]);
     let seen = fake.seen();
     assert_eq!(seen[0].cdb[..3], [0x5f, 0x07, 0x01]);
     let p = RegisterMoveParams::decode(&seen[0].params).unwrap();

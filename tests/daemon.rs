@@ -157,19 +157,16 @@ fn malformed_requests_close_the_connection_and_leak_nothing() {
     let many_fds: Vec<_> = many.iter().take(250).map(|f| f.as_fd()).collect();
 
     type Case<'a> = (&'a str, Box<dyn Fn(&mut Client) + 'a>);
+    // READ KEYS (allocation length 8), a wrong opcode, and lengths over the limit.
+    const READ_KEYS_8: [u8; 16] = [0x5e, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0];
+    const INQUIRY: [u8; 16] = [0x12, 0, 0, 0, 36, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    const PR_IN_8193: [u8; 16] = [0x5e, 0, 0, 0, 0, 0, 0, 0x20, 0x01, 0, 0, 0, 0, 0, 0, 0];
+    const PR_OUT_65535: [u8; 16] = [0x5f, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0];
     let cases: Vec<Case> = vec![
-        (
-            "no fd",
-            Box::new(|c| c.send(&[0x5e, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0], &[])),
-        ),
+        ("no fd", Box::new(|c| c.send(&READ_KEYS_8, &[]))),
         (
             "two fds",
-            Box::new(|c| {
-                c.send(
-                    &[0x5e, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0],
-                    &[f.as_fd(), g.as_fd()],
-                )
-            }),
+            Box::new(|c| c.send(&READ_KEYS_8, &[f.as_fd(), g.as_fd()])),
         ),
         (
             "fd on each half",
@@ -179,41 +176,15 @@ fn malformed_requests_close_the_connection_and_leak_nothing() {
                 c.send(&[8, 0, 0, 0, 0, 0, 0, 0], &[g.as_fd()]);
             }),
         ),
-        (
-            "200 fds",
-            Box::new(|c| {
-                c.send(
-                    &[0x5e, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0],
-                    &many_fds,
-                )
-            }),
-        ),
-        (
-            "wrong opcode",
-            Box::new(|c| {
-                c.send(
-                    &[0x12, 0, 0, 0, 36, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-                    &[f.as_fd()],
-                )
-            }),
-        ),
+        ("200 fds", Box::new(|c| c.send(&READ_KEYS_8, &many_fds))),
+        ("wrong opcode", Box::new(|c| c.send(&INQUIRY, &[f.as_fd()]))),
         (
             "PR IN over 8192",
-            Box::new(|c| {
-                c.send(
-                    &[0x5e, 0, 0, 0, 0, 0, 0, 0x20, 0x01, 0, 0, 0, 0, 0, 0, 0],
-                    &[f.as_fd()],
-                )
-            }),
+            Box::new(|c| c.send(&PR_IN_8193, &[f.as_fd()])),
         ),
         (
             "PR OUT over 8192",
-            Box::new(|c| {
-                c.send(
-                    &[0x5f, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0],
-                    &[f.as_fd()],
-                )
-            }),
+            Box::new(|c| c.send(&PR_OUT_65535, &[f.as_fd()])),
         ),
         (
             "fd with parameters",
