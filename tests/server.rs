@@ -125,14 +125,9 @@ fn run(fake: Arc<Fake>, cfg: Config) -> Running {
     let path = dir.path().join("s.sock");
     let listener = UnixListener::bind(&path).unwrap();
     let (sig_rd, sig_wr) = UnixStream::pair().unwrap();
-    let server = Server::start(
-        listener,
-        sig_rd,
-        Box::new(Shared(fake)),
-        cfg,
-        Box::new(|| {}),
-    )
-    .unwrap();
+    let backend = Box::new(Shared(fake));
+    let server = Server::new(listener, sig_rd, backend, cfg, Box::new(|| {})).unwrap();
+    server.spawn_workers().unwrap();
     Running {
         server: Arc::new(server),
         path,

@@ -144,22 +144,9 @@ enum Next {
 }
 
 impl Server {
-    /// Start serving `listener` (already listening): [`Server::new`] then
-    /// [`Server::spawn_workers`].
-    pub fn start(
-        listener: UnixListener,
-        signals: UnixStream,
-        backend: Box<dyn Backend>,
-        cfg: Config,
-        stop_hook: StopHook,
-    ) -> io::Result<Server> {
-        let s = Server::new(listener, signals, backend, cfg, stop_hook)?;
-        s.spawn_workers()?;
-        Ok(s)
-    }
-
     /// Set up the event loop for `listener` (already listening). `signals` becomes
-    /// readable when the daemon must stop. No thread is started yet.
+    /// readable when the daemon must stop. No thread is started
+    /// until [`Server::spawn_workers`].
     pub fn new(
         listener: UnixListener,
         signals: UnixStream,
