@@ -5,14 +5,14 @@
 
 mod common;
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{pr_in_cdb, pr_out_cdb, Client};
 use prhelper::daemon::server::{self, Config, Server};
-use prhelper::dev::{Backend, Outcome};
+use prhelper::dev::{Backend, Device, Outcome};
 use prhelper::scsi::sense::{Sense, SenseCode};
 use prhelper::scsi::Status;
 
@@ -27,8 +27,8 @@ struct Fake {
 }
 
 impl Fake {
-    fn hang_if_fifo(&self, dev: BorrowedFd<'_>) {
-        let st = nix::sys::stat::fstat(dev.as_raw_fd()).unwrap();
+    fn hang_if_fifo(&self, dev: Device<'_>) {
+        let st = nix::sys::stat::fstat(dev.fd.as_raw_fd()).unwrap();
         if st.st_mode & libc::S_IFMT == libc::S_IFIFO {
             let (m, c) = &self.gate;
             let mut open = m.lock().unwrap();
@@ -45,7 +45,7 @@ impl Fake {
 }
 
 impl Backend for Fake {
-    fn pr_in(&self, dev: BorrowedFd<'_>, cdb: &[u8; 16], buf: &mut [u8]) -> Outcome {
+    fn pr_in(&self, dev: Device<'_>, cdb: &[u8; 16], buf: &mut [u8]) -> Outcome {
         self.hang_if_fifo(dev);
         self.log.lock().unwrap().push((cdb[..10].to_vec(), vec![]));
         let keys = self.keys.lock().unwrap();
@@ -71,7 +71,7 @@ impl Backend for Fake {
         }
     }
 
-    fn pr_out(&self, dev: BorrowedFd<'_>, cdb: &[u8; 16], params: &[u8]) -> Outcome {
+    fn pr_out(&self, dev: Device<'_>, cdb: &[u8; 16], params: &[u8]) -> Outcome {
         self.hang_if_fifo(dev);
         self.log
             .lock()
@@ -112,10 +112,10 @@ struct Running {
 struct Shared(Arc<Fake>);
 
 impl Backend for Shared {
-    fn pr_in(&self, dev: BorrowedFd<'_>, cdb: &[u8; 16], buf: &mut [u8]) -> Outcome {
+    fn pr_in(&self, dev: Device<'_>, cdb: &[u8; 16], buf: &mut [u8]) -> Outcome {
         self.0.pr_in(dev, cdb, buf)
     }
-    fn pr_out(&self, dev: BorrowedFd<'_>, cdb: &[u8; 16], params: &[u8]) -> Outcome {
+    fn pr_out(&self, dev: Device<'_>, cdb: &[u8; 16], params: &[u8]) -> Outcome {
         self.0.pr_out(dev, cdb, params)
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use tracing::{debug, error};
 
-use crate::dev::{contain, Backend, Outcome};
+use crate::dev::{contain, Backend, Device, Outcome};
 use crate::proto::{Request, RequestKind};
 use crate::ratelimit::RateLimit;
 use crate::scsi::cdb::pr_out_length_mismatch;
@@ -78,7 +78,8 @@ pub fn execute(
 ) -> Outcome {
     // The kernel refuses SG_IO on part of a LU to callers without CAP_SYS_RAWIO; the
     // helper has it, so it applies that rule itself (see `dev::contain`).
-    if let Err(r) = contain::check_fd(req.fd.as_fd()) {
+    let dev = Device::probe(req.fd.as_fd());
+    if let Err(r) = contain::check(&dev) {
         CONTAINMENT_LOG.warn(|| {
             let (pid, uid) = peer().unwrap_or((-1, u32::MAX));
             format!("refused a PR command from pid {pid} uid {uid}: {r} (an fd on part of a logical unit must not reach all of it)")
@@ -93,7 +94,7 @@ pub fn execute(
             let end = start + alloc;
             buf[start..end].fill(0);
             buf[end..end + CANARY_LEN].fill(CANARY);
-            let mut outcome = backend.pr_in(req.fd.as_fd(), &req.cdb, &mut buf[start..end]);
+            let mut outcome = backend.pr_in(dev, &req.cdb, &mut buf[start..end]);
             outcome.len = outcome.len.min(alloc);
             let past = overrun(&buf[end..end + CANARY_LEN]);
             // The server sends from the start of the buffer.
@@ -121,7 +122,7 @@ pub fn execute(
             if pr_out_length_mismatch(&req.cdb) {
                 return Outcome::check(SenseCode::INVALID_PARAM_LEN);
             }
-            backend.pr_out(req.fd.as_fd(), &req.cdb, params)
+            backend.pr_out(dev, &req.cdb, params)
         }
     }
 }

@@ -26,10 +26,11 @@
 
 use std::fmt;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
-use nix::sys::stat::{fstat, major, minor, SFlag};
+use nix::sys::stat::{major, minor};
+
+use super::Device;
 
 /// How deep dm maps may stack (dm over dm over ...) before the check gives up.
 const MAX_DEPTH: usize = 8;
@@ -116,18 +117,14 @@ impl Tree for Sysfs {
     }
 }
 
-/// Check the device behind `fd`: `Ok` for anything that is not a block device (sg nodes,
-/// files: SG_IO on them reaches nothing more than the fd does) and for whole devices.
-pub fn check_fd(fd: BorrowedFd<'_>) -> Result<(), Refusal> {
-    let st = match fstat(fd.as_raw_fd()) {
-        Ok(st) => st,
-        // SG_IO on it will fail the same way; nothing to protect.
-        Err(_) => return Ok(()),
-    };
-    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFBLK {
-        return Ok(());
+/// Check the device a command is for: `Ok` for anything that is not a block device (sg
+/// nodes, files: SG_IO on them reaches nothing more than the fd does) and for whole
+/// devices.
+pub fn check(dev: &Device<'_>) -> Result<(), Refusal> {
+    match dev.block {
+        Some(rdev) => check_dev(&Sysfs, major(rdev), minor(rdev)),
+        None => Ok(()),
     }
-    check_dev(&Sysfs, major(st.st_rdev), minor(st.st_rdev))
 }
 
 /// Check block device `maj:min` in `tree` (rooted at `/`: `sys/dev/block/MAJ:MIN`).
@@ -379,7 +376,7 @@ mod tests {
     fn not_a_block_device_passes() {
         let f = std::fs::File::open("/dev/null").unwrap();
         use std::os::fd::AsFd;
-        assert_eq!(check_fd(f.as_fd()), Ok(()));
+        assert_eq!(check(&Device::probe(f.as_fd())), Ok(()));
     }
 
     #[test]

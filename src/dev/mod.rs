@@ -7,7 +7,9 @@ pub mod contain;
 pub mod mpath;
 pub mod verdict;
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use nix::sys::stat::{fstat, SFlag};
 
 use crate::scsi::sense::Sense;
 use crate::scsi::Status;
@@ -42,12 +44,40 @@ impl Outcome {
     }
 }
 
+/// The device a command is for: the client's fd and what one `fstat` of it said, so
+/// that containment and the backend do not each ask again.
+#[derive(Clone, Copy, Debug)]
+pub struct Device<'a> {
+    /// The fd the client passed.
+    pub fd: BorrowedFd<'a>,
+    /// Its device number (`st_rdev`) when it is a block device.
+    pub block: Option<u64>,
+}
+
+impl<'a> Device<'a> {
+    /// `fstat` the fd. One that fails counts as not a block device (SG_IO on it fails
+    /// the same way).
+    pub fn probe(fd: BorrowedFd<'a>) -> Device<'a> {
+        let block = fstat(fd.as_raw_fd()).ok().and_then(|st| {
+            let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+            (kind == SFlag::S_IFBLK).then_some(st.st_rdev)
+        });
+        Device { fd, block }
+    }
+}
+
+impl<'a> From<BorrowedFd<'a>> for Device<'a> {
+    fn from(fd: BorrowedFd<'a>) -> Device<'a> {
+        Device::probe(fd)
+    }
+}
+
 /// Something that can execute PR IN / PR OUT on a device fd.
 pub trait Backend: Send + Sync {
     /// PR IN: `buf` is exactly the allocation length long.
-    fn pr_in(&self, dev: BorrowedFd<'_>, cdb: &[u8; 16], buf: &mut [u8]) -> Outcome;
+    fn pr_in(&self, dev: Device<'_>, cdb: &[u8; 16], buf: &mut [u8]) -> Outcome;
     /// PR OUT with its parameter list.
-    fn pr_out(&self, dev: BorrowedFd<'_>, cdb: &[u8; 16], params: &[u8]) -> Outcome;
+    fn pr_out(&self, dev: Device<'_>, cdb: &[u8; 16], params: &[u8]) -> Outcome;
 }
 
 /// Plain SG_IO on the passed fd.
@@ -80,22 +110,22 @@ impl SgIo {
 }
 
 impl Backend for SgIo {
-    fn pr_in(&self, dev: BorrowedFd<'_>, cdb: &[u8; 16], buf: &mut [u8]) -> Outcome {
+    fn pr_in(&self, dev: Device<'_>, cdb: &[u8; 16], buf: &mut [u8]) -> Outcome {
         let data = if buf.is_empty() {
             Data::None
         } else {
             Data::FromDevice(buf)
         };
-        self.run(dev, cdb, data)
+        self.run(dev.fd, cdb, data)
     }
 
-    fn pr_out(&self, dev: BorrowedFd<'_>, cdb: &[u8; 16], params: &[u8]) -> Outcome {
+    fn pr_out(&self, dev: Device<'_>, cdb: &[u8; 16], params: &[u8]) -> Outcome {
         let data = if params.is_empty() {
             Data::None
         } else {
             Data::ToDevice(params)
         };
-        self.run(dev, cdb, data)
+        self.run(dev.fd, cdb, data)
     }
 }
 
@@ -114,9 +144,9 @@ mod tests {
         cdb[0] = 0x5e;
         cdb[8] = 8;
         let mut buf = [0u8; 8];
-        let o = be.pr_in(f.as_fd(), &cdb, &mut buf);
+        let o = be.pr_in(f.as_fd().into(), &cdb, &mut buf);
         assert_eq!(o, Outcome::check(SenseCode::IO_ERROR));
-        let o = be.pr_out(f.as_fd(), &cdb, &[0; 24]);
+        let o = be.pr_out(f.as_fd().into(), &cdb, &[0; 24]);
         assert_eq!(o.status, Status::CHECK_CONDITION);
         assert_eq!(o.sense.code(), Some(SenseCode::IO_ERROR));
     }

@@ -1,14 +1,14 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 //! Unit tests of the server's internals: session slots, claim and give-back, pipelining.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 
 use super::pool::*;
 use super::serve::*;
 use super::sessions::*;
 use super::*;
 use crate::daemon::handler;
-use crate::dev::Outcome;
+use crate::dev::{Device, Outcome};
 use crate::proto::wire::MAX_DATA;
 use crate::proto::wire::REPLY_HEADER_SIZE;
 use crate::proto::ReplyHeader;
@@ -20,14 +20,14 @@ use crate::sys::fdpass;
 struct Good;
 
 impl Backend for Good {
-    fn pr_in(&self, _: BorrowedFd<'_>, _: &[u8; 16], _: &mut [u8]) -> Outcome {
+    fn pr_in(&self, _: Device<'_>, _: &[u8; 16], _: &mut [u8]) -> Outcome {
         Outcome {
             status: Status::GOOD,
             sense: Sense::default(),
             len: 0,
         }
     }
-    fn pr_out(&self, _: BorrowedFd<'_>, _: &[u8; 16], _: &[u8]) -> Outcome {
+    fn pr_out(&self, _: Device<'_>, _: &[u8; 16], _: &[u8]) -> Outcome {
         Outcome {
             status: Status::GOOD,
             sense: Sense::default(),

@@ -26,10 +26,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use nix::sys::stat::{fstat, major, makedev, minor, SFlag};
+use nix::sys::stat::{fstat, major, makedev, minor};
 use tracing::{debug, info, warn};
 
-use crate::dev::{verdict, Backend, Outcome, SgIo};
+use crate::dev::{verdict, Backend, Device, Outcome, SgIo};
 use crate::proto::multipathd::{self as mpwire, Reply};
 use crate::scsi::sense::Sense;
 use crate::scsi::Status;
@@ -122,15 +122,9 @@ impl Multipath {
     }
 
     /// The map behind `fd`, if it is a dm-multipath map.
-    fn map_of(&self, fd: BorrowedFd<'_>) -> Option<Map> {
+    fn map_of(&self, dev: Device<'_>) -> Option<Map> {
         let dm_major = self.dm_major?;
-        let st = fstat(fd.as_raw_fd()).ok()?;
-        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFBLK
-            || major(st.st_rdev) != dm_major
-        {
-            return None;
-        }
-        let dev = st.st_rdev;
+        let dev = dev.block.filter(|&rdev| major(rdev) == dm_major)?;
         match &self.ctl {
             Some(ctl) => match dm::table_status(ctl.as_fd(), dev, false) {
                 Ok(info) => {
@@ -425,7 +419,7 @@ fn unopenable_hint(map: &Map, open: &[OpenPath]) -> String {
 }
 
 impl Backend for Multipath {
-    fn pr_in(&self, dev: BorrowedFd<'_>, cdb: &[u8; 16], buf: &mut [u8]) -> Outcome {
+    fn pr_in(&self, dev: Device<'_>, cdb: &[u8; 16], buf: &mut [u8]) -> Outcome {
         let Some(map) = self.map_of(dev) else {
             return self.plain.pr_in(dev, cdb, buf);
         };
@@ -436,7 +430,7 @@ impl Backend for Multipath {
         route::pr_in(&paths, cdb, buf)
     }
 
-    fn pr_out(&self, dev: BorrowedFd<'_>, cdb: &[u8; 16], params: &[u8]) -> Outcome {
+    fn pr_out(&self, dev: Device<'_>, cdb: &[u8; 16], params: &[u8]) -> Outcome {
         let Some(map) = self.map_of(dev) else {
             return self.plain.pr_out(dev, cdb, params);
         };
