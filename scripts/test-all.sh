@@ -30,7 +30,8 @@ step "packages: scripts/build-packages (.debs, OCI image)"
 scripts/build-packages
 
 step "lab (VM with LIO; real QEMU as client)"
-lab/run
+# Two nested TCG boots (nested_qemu_prhelper, libvirt_qemu) are most of it.
+lab/run --timeout 3000
 
 step "packages: inspect, prove under systemd as PID 1 (lab VM)"
 packaging/test/run

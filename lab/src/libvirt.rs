@@ -299,6 +299,8 @@ impl Domain {
             script.display(),
             self.id
         );
+        // ACPI, or the guest's `poweroff -f` only halts it and the domain stays up.
+        x.push_str("  <features>\n    <acpi/>\n  </features>\n");
         x.push_str("  <on_poweroff>destroy</on_poweroff>\n  <on_reboot>destroy</on_reboot>\n  <on_crash>destroy</on_crash>\n");
         x.push_str("  <devices>\n    <emulator>/usr/bin/qemu-system-x86_64</emulator>\n");
         x.push_str("    <controller type='usb' model='none'/>\n    <controller type='scsi' index='0' model='virtio-scsi'/>\n");

@@ -90,6 +90,42 @@ fn argv(pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// What a process's threads are doing (state and kernel wait channel) and its fds: for
+/// a failure report when something hangs.
+fn proc_state(pid: u32) -> String {
+    let mut out = format!("pid {pid} {:?}:", argv(pid));
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.filter_map(|e| e.ok()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    for t in tasks {
+        let dir = t.path();
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let stat = read("stat");
+        let state = stat
+            .rsplit_once(") ")
+            .map_or("?", |(_, rest)| &rest[..1.min(rest.len())]);
+        out += &format!(
+            "\n    task {} {} {state} wchan={} syscall={}",
+            t.file_name().to_string_lossy(),
+            read("comm").trim(),
+            read("wchan").trim(),
+            read("syscall").split_whitespace().next().unwrap_or("?")
+        );
+    }
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| {
+                    let link = std::fs::read_link(e.path()).unwrap_or_default();
+                    format!("{}->{}", e.file_name().to_string_lossy(), link.display())
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    out + &format!("\n    fds: {fds}")
+}
+
 fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -382,10 +418,24 @@ pub fn libvirt_qemu() -> Result<()> {
     ensure!(sock1b == sock1, "restarted helper on {}", sock1b.display());
 
     // Phase 2; the guest powers off, the transient domain goes away with its helper.
+    // A guest whose console stays silent for 5 minutes is stuck: say where.
     let t = Instant::now();
+    let (mut seen, mut last_change) = (0, Instant::now());
     while lv.exists(&one.name) {
-        if t.elapsed() > timeout {
-            bail!("{}", fail("lab-one did not finish phase 2".into()));
+        let len = one.console_text().len();
+        if len != seen {
+            (seen, last_change) = (len, Instant::now());
+        }
+        if t.elapsed() > timeout || last_change.elapsed() > Duration::from_secs(300) {
+            bail!(
+                "{}",
+                fail(format!(
+                    "lab-one did not finish phase 2 (console silent for {:.0}s)\nrestarted helper: {}\nQEMU: {}",
+                    last_change.elapsed().as_secs_f64(),
+                    proc_state(h1b),
+                    lv.qemu_pid(&one.name).map(proc_state).unwrap_or_else(|e| e)
+                ))
+            );
         }
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -396,6 +446,10 @@ pub fn libvirt_qemu() -> Result<()> {
         fail(format!("lab-one's script exited {status:?}"))
     );
     check_phase(KEY2, "after the restart and key change").map_err(fail)?;
+    println!(
+        "  lab-one's guest: phase 2 done (READ KEYS and a key change on all four disks) {:.1}s after the restart; LIO agrees",
+        t.elapsed().as_secs_f64()
+    );
     expect_contains(
         "guest READ KEYS after restart",
         &one.console_text(),
@@ -420,6 +474,7 @@ pub fn libvirt_qemu() -> Result<()> {
     );
     let keys = keys_through(system.socket(), &unmanaged.device(1).disk)?;
     ensure!(keys == [KEY2], "system helper after the domain: {keys:x?}");
+    println!("  lab-one gone: no managed helper or socket left; the system helper still serves");
     drop(lv);
     system.stop()?;
     drop(map_n);
