@@ -13,19 +13,21 @@
 //! are values the decoder can produce.
 #![no_main]
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use prhelper::proto::wire::pad_cdb;
 use prhelper::scsi::cdb::{self, CdbSummary, PrInAction, PrOutAction, PrType};
-use prhelper::sg3::{describe, type_name};
 use prhelper::scsi::prout::{
-    self, BasicParams, RegisterMoveParams, TransportId, ALL_TG_PT, APTPL, SPEC_I_PT,
-    UNREG,
+    self, BasicParams, RegisterMoveParams, TransportId, ALL_TG_PT, APTPL, SPEC_I_PT, UNREG,
 };
+use prhelper::sg3::{describe_into, type_name};
 
-fn check_cdb(raw: &[u8; 16]) {
+/// `names`: also run the type-name text (an allocation or two) on this CDB; its input is two
+/// bytes, so once per fuzz input reaches all of it.
+fn check_cdb(raw: &[u8; 16], names: bool) {
     let s = CdbSummary::parse(raw);
     assert_eq!(s.opcode, raw[0]);
     assert_eq!(s.service_action, raw[1] & 0x1f);
@@ -44,8 +46,10 @@ fn check_cdb(raw: &[u8; 16]) {
         ),
         _ => assert_eq!(name, "not a PR command"),
     }
-    let _ = type_name(raw[2] & 0x0f);
-    let _ = type_name(raw[3]);
+    if names {
+        let _ = type_name(raw[2] & 0x0f);
+        let _ = type_name(raw[3]);
+    }
     if let Some(t) = PrType::from_code(raw[3]) {
         assert_eq!(t as u8, raw[3]);
     }
@@ -103,6 +107,26 @@ const MAX_WALKED: usize = 512;
 /// How many of a decoded parameter list's TransportIDs go through `Display`/`parse`.
 const MAX_DISPLAYED_TIDS: usize = 8;
 
+/// How many 16-byte CDBs of an input mode 0 checks: parsing is the same code for every
+/// one, and 256 of them (with two names each) were most of a 4 KiB input's time.
+const MAX_CDBS: usize = 16;
+
+thread_local! {
+    /// The text buffer `describe_into` writes into, reused: kept, the fuzz target allocates
+    /// nothing per description (under AddressSanitizer each allocation records a stack
+    /// trace and fills up to 4 KiB).
+    static TEXT: RefCell<String> = RefCell::new(String::with_capacity(8 * MAX_WALKED));
+}
+
+/// `describe` (no panic, its whole text built) into the reused buffer.
+fn describe(leadin: &str, b: &[u8]) {
+    TEXT.with(|t| {
+        let mut t = t.borrow_mut();
+        t.clear();
+        describe_into(&mut t, leadin, b);
+    });
+}
+
 /// A `fmt::Write` that discards: formatting runs (and must not panic), nothing is allocated.
 struct Discard;
 
@@ -121,7 +145,7 @@ fn check_tid_bytes(b: &[u8]) {
     // 4 KiB input (170 TransportIDs, each re-encoded and compared, a 16 KiB description)
     // they were most of this target's time once the corpus held long inputs.
     let b = &b[..b.len().min(MAX_WALKED)];
-    let _ = describe("  ", b);
+    describe("  ", b);
     if let Ok(list) = TransportId::decode_list(b) {
         // The list re-encodes to the input, element by element.
         let mut off = 0;
@@ -268,12 +292,12 @@ fuzz_target!(|data: &[u8]| {
     let mut cdb16 = [0u8; 16];
     let n = rest.len().min(16);
     cdb16[..n].copy_from_slice(&rest[..n]);
-    check_cdb(&cdb16);
+    check_cdb(&cdb16, true);
     match mode % 4 {
         0 => {
             // Several CDBs in a row.
-            for c in rest.chunks_exact(16) {
-                check_cdb(c.try_into().unwrap());
+            for c in rest.chunks_exact(16).take(MAX_CDBS) {
+                check_cdb(c.try_into().unwrap(), false);
             }
         }
         1 => {
@@ -292,7 +316,7 @@ fuzz_target!(|data: &[u8]| {
             for i in 1..rest.len().min(prout::TID_LEN) {
                 let w = &rest[i..rest.len().min(i + SPLIT_WINDOW)];
                 let _ = TransportId::decode_list(w);
-                let _ = describe("", w);
+                describe("", w);
             }
         }
     }

@@ -38,6 +38,12 @@ pub fn hex_lines(out: &mut String, leadin: &str, b: &[u8]) {
 pub fn describe(leadin: &str, bytes: &[u8]) -> String {
     // About two lines per TransportID; hex dumps take three characters a byte.
     let mut out = String::with_capacity(4 * bytes.len() + 2 * leadin.len() + 64);
+    describe_into(&mut out, leadin, bytes);
+    out
+}
+
+/// [`describe`], appended to `out` (no allocation when `out` has the room).
+pub fn describe_into(out: &mut String, leadin: &str, bytes: &[u8]) {
     let mut off = 0;
     while off < bytes.len() {
         let b = &bytes[off..];
@@ -62,8 +68,8 @@ pub fn describe(leadin: &str, bytes: &[u8]) -> String {
         match proto {
             proto_id::FC => {
                 let _ = writeln!(out, "{leadin}  FCP-2 World Wide Name:");
-                unexpected(&mut out);
-                hex_lines(&mut out, leadin, get(8..16));
+                unexpected(out);
+                hex_lines(out, leadin, get(8..16));
             }
             proto_id::SPI => {
                 let a = get(2..4);
@@ -80,7 +86,7 @@ pub fn describe(leadin: &str, bytes: &[u8]) -> String {
                     "{leadin}  Parallel SCSI initiator SCSI address: {:#x}",
                     be16(a)
                 );
-                unexpected(&mut out);
+                unexpected(out);
                 let _ = writeln!(
                     out,
                     "{leadin}  relative port number (of corresponding target): {:#x}",
@@ -89,13 +95,13 @@ pub fn describe(leadin: &str, bytes: &[u8]) -> String {
             }
             proto_id::IEEE_1394 => {
                 let _ = writeln!(out, "{leadin}  IEEE 1394 EUI-64 name:");
-                unexpected(&mut out);
-                hex_lines(&mut out, leadin, get(8..16));
+                unexpected(out);
+                hex_lines(out, leadin, get(8..16));
             }
             proto_id::SRP => {
                 let _ = writeln!(out, "{leadin}  RDMA initiator port identifier:");
-                unexpected(&mut out);
-                hex_lines(&mut out, leadin, get(8..24));
+                unexpected(out);
+                hex_lines(out, leadin, get(8..24));
             }
             proto_id::ISCSI => {
                 let num = match get(2..4) {
@@ -115,7 +121,7 @@ pub fn describe(leadin: &str, bytes: &[u8]) -> String {
                     _ => {
                         let _ =
                             writeln!(out, "{leadin}  iSCSI   [Unexpected TPID format: {format}]");
-                        hex_lines(&mut out, leadin, get(0..4 + num));
+                        hex_lines(out, leadin, get(0..4 + num));
                     }
                 }
                 bump = (num + 4).max(TID_LEN);
@@ -124,7 +130,7 @@ pub fn describe(leadin: &str, bytes: &[u8]) -> String {
                 let a = get(4..12);
                 let addr = <[u8; 8]>::try_from(a).map_or(0, u64::from_be_bytes);
                 let _ = writeln!(out, "{leadin}  SAS address: {addr:#x}");
-                unexpected(&mut out);
+                unexpected(out);
             }
             proto_id::SOP => {
                 let r = match get(2..4) {
@@ -135,7 +141,7 @@ pub fn describe(leadin: &str, bytes: &[u8]) -> String {
                     let _ = writeln!(out, "{leadin}  SOP Routing ID: {r:#x}");
                 } else {
                     let _ = writeln!(out, "{leadin}  SOP   [Unexpected TPID format: {format}]");
-                    hex_lines(&mut out, leadin, get(0..TID_LEN));
+                    hex_lines(out, leadin, get(0..TID_LEN));
                 }
             }
             proto_id::NONE => {
@@ -162,12 +168,11 @@ pub fn describe(leadin: &str, bytes: &[u8]) -> String {
                         );
                     }
                 }
-                hex_lines(&mut out, leadin, get(0..TID_LEN));
+                hex_lines(out, leadin, get(0..TID_LEN));
             }
         }
         off += bump;
     }
-    out
 }
 
 /// sg3_utils' `SG_LIB_*` exit statuses, as sg_persist returns them.
@@ -465,7 +470,7 @@ pub fn format_prin(
                     let _ = writeln!(out, "      not reservation holder");
                 }
                 if !d.transport_id.is_empty() {
-                    out.push_str(&describe("      ", &d.transport_id));
+                    describe_into(&mut out, "      ", &d.transport_id);
                 }
             }
         }
