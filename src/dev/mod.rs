@@ -66,12 +66,6 @@ impl<'a> Device<'a> {
     }
 }
 
-impl<'a> From<BorrowedFd<'a>> for Device<'a> {
-    fn from(fd: BorrowedFd<'a>) -> Device<'a> {
-        Device::probe(fd)
-    }
-}
-
 /// Something that can execute PR IN / PR OUT on a device fd.
 pub trait Backend: Send + Sync {
     /// PR IN: `buf` is exactly the allocation length long.
@@ -144,9 +138,9 @@ mod tests {
         cdb[0] = 0x5e;
         cdb[8] = 8;
         let mut buf = [0u8; 8];
-        let o = be.pr_in(f.as_fd().into(), &cdb, &mut buf);
+        let o = be.pr_in(Device::probe(f.as_fd()), &cdb, &mut buf);
         assert_eq!(o, Outcome::check(SenseCode::IO_ERROR));
-        let o = be.pr_out(f.as_fd().into(), &cdb, &[0; 24]);
+        let o = be.pr_out(Device::probe(f.as_fd()), &cdb, &[0; 24]);
         assert_eq!(o.status, Status::CHECK_CONDITION);
         assert_eq!(o.sense.code(), Some(SenseCode::IO_ERROR));
     }

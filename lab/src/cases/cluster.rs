@@ -26,7 +26,7 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use prhelper::client::Client;
-use prhelper::dev::{Backend, SgIo};
+use prhelper::dev::{Backend, Device, SgIo};
 use prhelper::scsi::cdb::{self, PrInAction, PrOutAction};
 use prhelper::scsi::prin::{FullStatus, ReadKeys, ReadReservation};
 use prhelper::scsi::prout::{BasicParams, TransportId};
@@ -129,11 +129,11 @@ impl Node {
                     let c = cdb16(cdb);
                     if alloc > 0 {
                         let mut buf = vec![0u8; alloc];
-                        let o = sg.pr_in(self.pr_dev.as_fd().into(), &c, &mut buf);
+                        let o = sg.pr_in(Device::probe(self.pr_dev.as_fd()), &c, &mut buf);
                         buf.truncate(o.len);
                         (o.status, o.sense, buf)
                     } else {
-                        let o = sg.pr_out(self.pr_dev.as_fd().into(), &c, params);
+                        let o = sg.pr_out(Device::probe(self.pr_dev.as_fd()), &c, params);
                         (o.status, o.sense, Vec::new())
                     }
                 }
@@ -335,7 +335,7 @@ impl World<'_> {
         let c = cdb16(cdb::pr_in(PrInAction::ReadFullStatus, 8192));
         for _ in 0..6 {
             let mut buf = vec![0u8; 8192];
-            let o = sg.pr_in(self.observer.as_fd().into(), &c, &mut buf);
+            let o = sg.pr_in(Device::probe(self.observer.as_fd()), &c, &mut buf);
             if is_ua(o.status, &o.sense) {
                 continue;
             }
