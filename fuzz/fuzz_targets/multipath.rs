@@ -16,8 +16,8 @@
 use libfuzzer_sys::fuzz_target;
 use prhelper::dev::mpath::route::{classify, Class};
 use prhelper::dev::mpath::status;
-use prhelper::proto::multipathd::{self as mp, Reply};
 use prhelper::dev::verdict;
+use prhelper::proto::multipathd::{self as mp, Reply};
 use prhelper::sys::sgio::SgOutcome;
 
 fuzz_target!(|data: &[u8]| {

@@ -79,7 +79,11 @@ fn check_raw(b: &[u8]) {
     };
 
     let (rk, bytes) = measured(|| ReadKeys::decode(b));
-    assert!(bytes <= b.len(), "READ KEYS allocated {bytes} for {} bytes", b.len());
+    assert!(
+        bytes <= b.len(),
+        "READ KEYS allocated {bytes} for {} bytes",
+        b.len()
+    );
     if let Ok(rk) = rk {
         assert_eq!(rk.keys.len(), body.len() / 8);
         assert!(rk.keys.capacity() <= b.len() / 8);
@@ -124,11 +128,19 @@ fn check_raw(b: &[u8]) {
     let n_max = body.len() / FULL_STATUS_DESC_LEN;
     // Descriptors grow by doubling from 4; TransportIDs are copies of input bytes.
     let limit = b.len() + 2 * desc * (4 + 2 * n_max);
-    assert!(bytes <= limit, "READ FULL STATUS allocated {bytes} for {} bytes", b.len());
+    assert!(
+        bytes <= limit,
+        "READ FULL STATUS allocated {bytes} for {} bytes",
+        b.len()
+    );
     if let Ok(fs) = fs {
         assert!(fs.descriptors.len() <= n_max);
         assert!(fs.descriptors.capacity() <= (2 * fs.descriptors.len()).max(4));
-        let tids: usize = fs.descriptors.iter().map(|d| d.transport_id.capacity()).sum();
+        let tids: usize = fs
+            .descriptors
+            .iter()
+            .map(|d| d.transport_id.capacity())
+            .sum();
         assert!(tids + fs.descriptors.len() * FULL_STATUS_DESC_LEN <= body.len());
         let e = fs.encode();
         assert!(e.len() <= b.len());
@@ -247,7 +259,9 @@ fn check_structured(u: &mut Unstructured) -> arbitrary::Result<()> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else { return };
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
     check_raw(rest);
     if mode & 1 == 1 {
         let _ = check_structured(&mut Unstructured::new(rest));

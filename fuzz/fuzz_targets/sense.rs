@@ -18,11 +18,11 @@ use std::fmt::Write as _;
 use libfuzzer_sys::fuzz_target;
 use prhelper::client::Response;
 use prhelper::dev::verdict;
-use prhelper::sg3;
 use prhelper::proto::wire::{ReplyHeader, REPLY_HEADER_SIZE};
 use prhelper::scsi::sense::{self, asc_name, decode, key_name, Sense, SenseCode};
-use prhelper::sys::sgio::SgOutcome;
 use prhelper::scsi::Status;
+use prhelper::sg3;
+use prhelper::sys::sgio::SgOutcome;
 
 /// A `fmt::Write` that discards: formatting runs (and must not panic), nothing is allocated.
 struct Discard;
